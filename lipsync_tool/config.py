@@ -1,0 +1,163 @@
+"""Typed settings: the options of a run, of the upscale, and the environment.
+
+The same models serve the CLI, the Python API and batch manifests, so an
+option is validated the same way wherever it comes from.  Engine-specific
+options live in each engine's own ``Options`` model (``engines/``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .constants import ENV_CACHE, ENV_DEBUG, ENV_FFMPEG, ENV_OFFLINE, ENV_REGISTRY, OUTPUT_EXTENSIONS, X264_PRESETS, env_flag
+
+__all__ = ["ENV_FFMPEG", "OUTPUT_EXTENSIONS", "RunOptions", "Settings", "UpscaleOptions", "X264_PRESETS", "parse_canvas"]
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_CANVAS_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+
+def parse_canvas(value: Any) -> tuple[int, int] | None:
+    """``"1920x1080"`` (or a pair) → ``(1920, 1080)``."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        w, h = int(value[0]), int(value[1])
+    else:
+        m = _CANVAS_RE.match(str(value))
+        if not m:
+            raise ValueError(f"canvas must look like WIDTHxHEIGHT, e.g. 1920x1080, not {value!r}")
+        w, h = int(m.group(1)), int(m.group(2))
+    if w < 16 or h < 16 or w > 8192 or h > 8192:
+        raise ValueError(f"canvas {w}x{h} is out of range (16..8192 on each side)")
+    if w % 2 or h % 2:
+        raise ValueError(f"canvas {w}x{h} must have even sides (H.264 in yuv420p needs them)")
+    return (w, h)
+
+
+class UpscaleOptions(BaseModel):
+    """How the engine's clip becomes the published file (one ffmpeg pass)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    target_height: int = Field(1080, ge=64, le=4320)
+    canvas: tuple[int, int] | None = None
+    fit: Literal["pad", "crop"] = "pad"
+    fps: float = Field(25.0, gt=0, le=120)
+    crf: int = Field(18, ge=0, le=51)
+    x264_preset: Literal[X264_PRESETS] = "medium"  # type: ignore[valid-type]
+    remove_audio: bool = False
+    audio_bitrate: str = "192k"
+
+    @field_validator("target_height")
+    @classmethod
+    def _even_height(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"target height {v} must be even (H.264 in yuv420p needs even sides)")
+        return v
+
+    @field_validator("canvas", mode="before")
+    @classmethod
+    def _canvas(cls, v: Any) -> tuple[int, int] | None:
+        return parse_canvas(v)
+
+
+class RunOptions(BaseModel):
+    """Options every engine shares.  Field names are the CLI's, with ``_``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine: str
+    resolution: Literal[256, 512] = 256
+    fps: float = Field(25.0, gt=0, le=120)
+    target_height: int = Field(1080, ge=64, le=4320)
+    canvas: tuple[int, int] | None = None
+    fit: Literal["pad", "crop"] = "pad"
+    crf: int = Field(18, ge=0, le=51)
+    x264_preset: Literal[X264_PRESETS] = "medium"  # type: ignore[valid-type]
+    no_upscale: bool = False
+    remove_audio: bool = False
+    keep_temp: bool = False
+    timeout: float | None = Field(None, gt=0)
+    overwrite: bool = False
+    report: Path | None = None
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    skip_face_check: bool = False
+    device: str = "auto"
+    install_deps: bool = False
+    python: Path | None = None
+    cache_dir: Path | None = None
+    offline: bool = False
+    registry: Path | None = None
+    chunk_seconds: float | None = Field(None, ge=0)
+    hls: Path | None = None
+    hls_segment_seconds: float = Field(5.0, gt=0, le=60)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        v = v.strip().lower()
+        if not _DEVICE_RE.match(v):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {v!r}")
+        return v
+
+    @field_validator("target_height")
+    @classmethod
+    def _even_height(cls, v: int) -> int:
+        return UpscaleOptions._even_height(v)
+
+    @field_validator("canvas", mode="before")
+    @classmethod
+    def _canvas(cls, v: Any) -> tuple[int, int] | None:
+        return parse_canvas(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunOptions:
+        if self.canvas is not None and self.no_upscale:
+            raise ValueError("--canvas needs the upscale stage; it cannot be combined with --no-upscale")
+        return self
+
+    def upscale(self) -> UpscaleOptions:
+        return UpscaleOptions(
+            enabled=not self.no_upscale,
+            target_height=self.target_height,
+            canvas=self.canvas,
+            fit=self.fit,
+            fps=self.fps,
+            crf=self.crf,
+            x264_preset=self.x264_preset,
+            remove_audio=self.remove_audio,
+        )
+
+
+class Settings(BaseModel):
+    """What the environment says (env vars), resolved once per run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cache_dir: Path
+    ffmpeg: str | None = None
+    offline: bool = False
+    registry: Path | None = None
+    debug: bool = False
+
+    @classmethod
+    def from_env(cls, *, cache_dir: Path | None = None, offline: bool | None = None, registry: Path | None = None) -> Settings:
+        return cls(
+            cache_dir=Path(cache_dir or os.environ.get(ENV_CACHE) or default_cache_dir()).expanduser(),
+            ffmpeg=os.environ.get(ENV_FFMPEG) or None,
+            offline=bool(offline) or env_flag(ENV_OFFLINE),
+            registry=registry or (Path(os.environ[ENV_REGISTRY]) if os.environ.get(ENV_REGISTRY) else None),
+            debug=env_flag(ENV_DEBUG),
+        )
+
+
+def default_cache_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("lipsync-tool", appauthor=False))

@@ -1,0 +1,541 @@
+"""ffmpeg, media probing, input staging and the upscale pass.
+
+ffmpeg-python is used only here.  Probing works without ffprobe (the
+imageio-ffmpeg wheel ships none): ``ffmpeg -i`` describes the streams, and a
+stream-copy pass to the null muxer counts packets and measures durations.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import UpscaleOptions
+from .errors import DependencyError, FFmpegError, InputError
+
+log = logging.getLogger(__name__)
+
+#: Below this an audio track is too short to lip-sync.
+MIN_AUDIO_SECONDS = 0.2
+#: Images smaller than this on either side are rejected.
+MIN_IMAGE_SIDE = 64
+#: Images larger than this on the longest side are downscaled when staged.
+MAX_IMAGE_SIDE = 2048
+#: Aspect ratios beyond this are rejected as degenerate.
+MAX_ASPECT = 4.0
+#: ``volumedetect``'s max_volume at or below this means digital silence.
+SILENCE_DB = -90.0
+ENGINE_SAMPLE_RATE = 16000
+
+
+# -- ffmpeg ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FFmpeg:
+    path: str
+    version: str
+    source: str  # "LIPSYNC_TOOL_FFMPEG", "PATH" or "imageio-ffmpeg"
+
+    def run(self, args: list[str], *, what: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+        argv = [self.path, "-hide_banner", "-nostdin", *args]
+        log.debug("ffmpeg: %s", argv)
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise FFmpegError(f"{what} timed out after {timeout:.0f} s", argv=argv) from None
+        return proc
+
+    def engine_env(self, bin_dir: Path) -> dict[str, str]:
+        """Environment so that a child's bare ``ffmpeg`` is this one.
+
+        Upstream scripts call ``ffmpeg`` by name (and imageio by its env var),
+        so a directory holding an ``ffmpeg`` link goes first on PATH.
+        """
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        link = bin_dir / "ffmpeg"
+        if not link.exists():
+            os.symlink(self.path, link)
+        return {
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "IMAGEIO_FFMPEG_EXE": self.path,
+        }
+
+
+@functools.lru_cache(maxsize=8)
+def _ffmpeg_version(path: str) -> str:
+    try:
+        out = subprocess.run([path, "-hide_banner", "-version"], capture_output=True, timeout=30, check=False, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DependencyError(f"cannot run {path}: {exc}", subject="ffmpeg") from None
+    first = out.stdout.decode("utf-8", "replace").splitlines()[:1]
+    if out.returncode != 0 or not first:
+        raise DependencyError(f"{path} -version failed (exit {out.returncode})", subject="ffmpeg")
+    m = re.match(r"ffmpeg version (\S+)", first[0])
+    return m.group(1) if m else first[0]
+
+
+def find_ffmpeg(override: str | None = None) -> FFmpeg:
+    """``LIPSYNC_TOOL_FFMPEG``, else ``ffmpeg`` on PATH, else imageio-ffmpeg's binary."""
+    if override:
+        path = shutil.which(override) or override
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise DependencyError(
+                f"LIPSYNC_TOOL_FFMPEG points at {override}, which is not an executable file",
+                subject="ffmpeg",
+                hint="Unset LIPSYNC_TOOL_FFMPEG or point it at an ffmpeg binary.",
+            )
+        return FFmpeg(path, _ffmpeg_version(path), "LIPSYNC_TOOL_FFMPEG")
+    on_path = shutil.which("ffmpeg")
+    if on_path:
+        return FFmpeg(on_path, _ffmpeg_version(on_path), "PATH")
+    try:
+        import imageio_ffmpeg
+
+        path = imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception as exc:  # the wheel has no binary for this platform
+        raise DependencyError(
+            f"no ffmpeg found: none on PATH and imageio-ffmpeg has none ({exc})",
+            subject="ffmpeg",
+            hint="Install ffmpeg (e.g. apt-get install ffmpeg) or set LIPSYNC_TOOL_FFMPEG.",
+        ) from None
+    return FFmpeg(path, _ffmpeg_version(path), "imageio-ffmpeg")
+
+
+# -- probing --------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoStream:
+    codec: str
+    width: int
+    height: int
+    fps: float | None
+    pix_fmt: str | None = None
+    frames: int | None = None
+    duration: float | None = None
+
+
+@dataclass
+class AudioStream:
+    codec: str
+    sample_rate: int | None
+    channels: str | None
+    duration: float | None = None
+
+
+@dataclass
+class MediaInfo:
+    path: str
+    container: str
+    duration: float | None
+    video: VideoStream | None = None
+    audio: AudioStream | None = None
+    extra_streams: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
+_INPUT = re.compile(r"^Input #0, ([^,]+(?:,[^ ,]+)*), from")
+_STREAM = re.compile(r"Stream #0:(\d+)(?:\[[^\]]*\])?(?:\([^)]*\))?: (Video|Audio|Data|Subtitle|Attachment): (.*)$")
+_SIZE = re.compile(r"(?<![\dx])(\d{2,5})x(\d{2,5})(?![\dx])")
+_FPS = re.compile(r"([\d.]+)(k?) fps")
+_TBR = re.compile(r"([\d.]+)(k?) tbr")
+_RATE = re.compile(r"(\d+) Hz")
+
+
+def _hms(m: re.Match) -> float:
+    return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+
+
+def _probe_text(ff: FFmpeg, path: Path) -> str:
+    proc = ff.run(["-i", str(path)], what=f"probing {path}", timeout=120)
+    return proc.stderr.decode("utf-8", "replace")
+
+
+def parse_probe(text: str, path: str) -> MediaInfo:
+    """Parse the stream description ``ffmpeg -i`` prints."""
+    container = ""
+    duration = None
+    video = audio = None
+    extra: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if m := _INPUT.match(line):
+            container = m.group(1)
+        elif m := _DURATION.search(line):
+            duration = _hms(m)
+        elif m := _STREAM.search(line):
+            kind, desc = m.group(2), m.group(3)
+            codec = desc.split(",")[0].split(" ")[0].strip()
+            if kind == "Video" and video is None:
+                size = _SIZE.search(desc)
+                fps_m = _FPS.search(desc) or _TBR.search(desc)
+                fps = None
+                if fps_m:
+                    fps = float(fps_m.group(1)) * (1000 if fps_m.group(2) else 1)
+                pix = desc.split(",")[1].strip().split("(")[0] if "," in desc else None
+                video = VideoStream(
+                    codec=codec,
+                    width=int(size.group(1)) if size else 0,
+                    height=int(size.group(2)) if size else 0,
+                    fps=fps,
+                    pix_fmt=pix,
+                )
+            elif kind == "Audio" and audio is None:
+                rate = _RATE.search(desc)
+                parts = [p.strip() for p in desc.split(",")]
+                audio = AudioStream(codec=codec, sample_rate=int(rate.group(1)) if rate else None, channels=parts[2] if len(parts) > 2 else None)
+            else:
+                extra.append(f"{kind}: {codec}")
+    return MediaInfo(path=path, container=container, duration=duration, video=video, audio=audio, extra_streams=extra)
+
+
+def _measure(ff: FFmpeg, path: Path, selector: str) -> tuple[int, float]:
+    """Packets and duration of one stream, by stream-copying it to the null muxer."""
+    proc = ff.run(["-i", str(path), "-map", selector, "-c", "copy", "-f", "null", "-", "-progress", "pipe:1", "-nostats"], what=f"measuring {path}", timeout=600)
+    frames, out_us = 0, 0
+    for line in proc.stdout.decode("utf-8", "replace").splitlines():
+        if line.startswith("frame="):
+            frames = int(line.split("=", 1)[1] or 0)
+        elif line.startswith("out_time_us="):
+            v = line.split("=", 1)[1]
+            if v.lstrip("-").isdigit():
+                out_us = max(out_us, int(v))
+    return frames, out_us / 1e6
+
+
+def probe(path: Path, *, ff: FFmpeg | None = None, measure: bool = False) -> MediaInfo:
+    """Describe *path*.  With *measure*, also count video frames and time each stream."""
+    ff = ff or find_ffmpeg(os.environ.get("LIPSYNC_TOOL_FFMPEG"))
+    info = parse_probe(_probe_text(ff, path), str(path))
+    if measure:
+        if info.video:
+            info.video.frames, _ = _measure(ff, path, "0:v:0")
+            if info.video.fps:
+                info.video.duration = info.video.frames / info.video.fps
+        if info.audio:
+            _, info.audio.duration = _measure(ff, path, "0:a:0")
+    return info
+
+
+def read_error(text: str) -> str:
+    """The last meaningful line of an ffmpeg error output."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+# -- audio ----------------------------------------------------------------------------------
+
+
+@dataclass
+class AudioCheck:
+    duration: float
+    max_volume_db: float | None
+    info: MediaInfo
+
+    @property
+    def silent(self) -> bool:
+        return self.max_volume_db is not None and self.max_volume_db <= SILENCE_DB
+
+
+def _check_readable(path: Path, what: str) -> None:
+    if not path.exists():
+        raise InputError("no such file", subject=path, hint=f"Check the {what} path.")
+    if path.is_dir():
+        raise InputError("is a folder, not a file", subject=path)
+    if not os.access(path, os.R_OK):
+        raise InputError("is not readable (permission denied)", subject=path)
+    if path.stat().st_size == 0:
+        raise InputError("is empty (0 bytes)", subject=path)
+
+
+def stage_audio(src: Path, dst: Path, ff: FFmpeg, *, start: float | None = None, duration: float | None = None) -> AudioCheck:
+    """Validate *src* and write it as 16 kHz mono PCM WAV at *dst*, in one pass.
+
+    The same pass measures the peak level, so digital silence is caught
+    without reading the file twice.
+    """
+    _check_readable(src, "audio")
+    head = _probe_text(ff, src)
+    info = parse_probe(head, str(src))
+    if "Invalid data found" in head or (not info.container and info.audio is None and info.video is None):
+        raise InputError(f"cannot be decoded as audio ({read_error(head)})", subject=src, hint="Give a wav, mp3, m4a/aac, flac, ogg/opus file or a video with sound.")
+    if info.audio is None:
+        what = "an image" if info.video is not None and (info.duration is None or info.container.endswith("_pipe")) else "a file"
+        raise InputError(f"has no audio stream (it looks like {what})", subject=src, hint="Check the order: IMAGE AUDIO OUTPUT.")
+    trim: list[str] = []
+    if start is not None:
+        trim += ["-ss", f"{start:.6f}"]
+    if duration is not None:
+        trim += ["-t", f"{duration:.6f}"]
+    args = ["-y", *trim, "-i", str(src), "-map", "0:a:0", "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(ENGINE_SAMPLE_RATE), "-c:a", "pcm_s16le", "-af", "volumedetect", "-f", "wav", str(dst)]
+    proc = ff.run(args, what="converting the audio", timeout=600)
+    err = proc.stderr.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        dst.unlink(missing_ok=True)
+        raise InputError(f"cannot be decoded as audio ({read_error(err)})", subject=src)
+    max_db = None
+    if m := re.search(r"max_volume:\s*(-?[\d.]+|-inf) dB", err):
+        max_db = float("-inf") if m.group(1) == "-inf" else float(m.group(1))
+    import wave
+
+    try:
+        with wave.open(str(dst), "rb") as w:
+            seconds = w.getnframes() / w.getframerate()
+    except (wave.Error, EOFError, OSError) as exc:
+        dst.unlink(missing_ok=True)
+        raise InputError(f"cannot be decoded as audio ({exc})", subject=src) from None
+    if seconds <= MIN_AUDIO_SECONDS:
+        raise InputError(f"lasts {seconds:.2f} s; at least {MIN_AUDIO_SECONDS} s of speech is needed", subject=src)
+    return AudioCheck(duration=seconds, max_volume_db=max_db, info=info)
+
+
+# -- images and face videos -------------------------------------------------------------
+
+
+@dataclass
+class FaceInput:
+    is_video: bool
+    width: int
+    height: int
+    downscaled_from: tuple[int, int] | None = None
+    info: MediaInfo | None = None
+
+
+def _open_image(src: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        im = Image.open(src)
+        im.load()
+        return im
+    except UnidentifiedImageError:
+        return None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"is too large to decode safely ({exc})", subject=src, hint="Downscale it first.") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"cannot be decoded as an image ({exc})", subject=src, hint="Re-save it as PNG or JPEG.") from None
+
+
+def _check_geometry(src: Path, w: int, h: int) -> None:
+    if min(w, h) < MIN_IMAGE_SIDE:
+        raise InputError(f"is {w}x{h}; each side must be at least {MIN_IMAGE_SIDE} px", subject=src, hint="Use a larger portrait.")
+    if max(w, h) / min(w, h) > MAX_ASPECT:
+        raise InputError(f"is {w}x{h}, an aspect ratio over {MAX_ASPECT:g}:1", subject=src, hint="Crop it around the face.")
+
+
+def stage_face(src: Path, dst_stem: Path, ff: FFmpeg, *, allow_video: bool) -> tuple[Path, FaceInput]:
+    """Validate the face input and stage it beside *dst_stem*.
+
+    An image is decoded with Pillow (EXIF orientation applied, huge images
+    downscaled) and re-encoded as ``<stem>.png``.  A video (engines that take
+    one) is copied as ``<stem>.<ext>`` with a lower-case extension.
+    """
+    from PIL import Image, ImageOps
+
+    _check_readable(src, "image")
+    im = _open_image(src)
+    if im is None:
+        info = parse_probe(_probe_text(ff, src), str(src))
+        is_video = info.video is not None and info.duration is not None and not info.container.endswith("_pipe") and info.video.codec not in ("png", "mjpeg", "webp")
+        if not is_video:
+            raise InputError("is not an image that can be decoded", subject=src, hint="Give a PNG, JPEG, WebP, BMP or TIFF portrait.")
+        if not allow_video:
+            raise InputError("is a video; this engine animates a still image", subject=src, hint="Give an image, or use --engine wav2lip for a face video.")
+        assert info.video is not None
+        _check_geometry(src, info.video.width, info.video.height)
+        ext = src.suffix.lower().lstrip(".")
+        if not re.fullmatch(r"[a-z0-9]{1,5}", ext) or ext in ("jpg", "jpeg", "png"):
+            ext = "mp4"  # upstream tells images from videos by this extension
+        dst = dst_stem.with_suffix("." + ext)
+        _link_or_copy(src, dst)
+        return dst, FaceInput(is_video=True, width=info.video.width, height=info.video.height, info=info)
+    with im:
+        if getattr(im, "n_frames", 1) > 1 and allow_video is False:
+            log.warning("%s has %d frames; using the first", src, im.n_frames)
+        im = ImageOps.exif_transpose(im)
+        w, h = im.size
+        _check_geometry(src, w, h)
+        downscaled = None
+        if max(w, h) > MAX_IMAGE_SIDE:
+            scale = MAX_IMAGE_SIDE / max(w, h)
+            new = (max(2, round(w * scale)), max(2, round(h * scale)))
+            log.warning("%s is %dx%d; downscaling it to %dx%d for the engine", src, w, h, *new)
+            im = im.resize(new, Image.Resampling.LANCZOS)
+            downscaled = (w, h)
+            w, h = new
+        if im.mode not in ("RGB",):
+            im = _flatten(im)
+        dst = dst_stem.with_suffix(".png")
+        im.save(dst, format="PNG")
+    return dst, FaceInput(is_video=False, width=w, height=h, downscaled_from=downscaled)
+
+
+def _flatten(im):
+    """RGB, with any transparency composited on white."""
+    from PIL import Image
+
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def stage_video(src: Path, dst: Path, ff: FFmpeg) -> MediaInfo:
+    """Stage a reference video (SadTalker's --ref-pose / --ref-eyeblink)."""
+    _check_readable(src, "video")
+    info = parse_probe(_probe_text(ff, src), str(src))
+    if info.video is None or info.duration is None:
+        raise InputError("is not a video that can be decoded", subject=src)
+    proc = ff.run(["-y", "-i", str(src), "-map", "0:v:0", "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "12", "-preset", "veryfast", str(dst)], what="staging a video", timeout=600)
+    if proc.returncode != 0:
+        dst.unlink(missing_ok=True)
+        raise InputError(f"cannot be decoded as a video ({read_error(proc.stderr.decode('utf-8', 'replace'))})", subject=src)
+    return info
+
+
+def first_frame(src: Path, ff: FFmpeg, dst: Path) -> Path:
+    proc = ff.run(["-y", "-i", str(src), "-map", "0:v:0", "-frames:v", "1", str(dst)], what="reading the first frame", timeout=120)
+    if proc.returncode != 0 or not dst.exists():
+        raise InputError(f"cannot read its first frame ({read_error(proc.stderr.decode('utf-8', 'replace'))})", subject=src)
+    return dst
+
+
+# -- face pre-check -----------------------------------------------------------------------
+
+
+def count_faces(image: Path) -> int:
+    """Frontal faces dlib's HOG detector finds (its model is built into dlib)."""
+    import dlib
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(image) as im:
+        gray = im.convert("L")
+        w, h = gray.size
+        scale = 1.0
+        if max(w, h) > 800:
+            scale = 800 / max(w, h)
+            gray = gray.resize((max(1, round(w * scale)), max(1, round(h * scale))))
+        arr = np.asarray(gray)
+    detector = dlib.get_frontal_face_detector()
+    upsample = 1 if max(arr.shape) < 1000 else 0
+    return len(detector(arr, upsample))
+
+
+# -- upscale ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AudioSource:
+    path: Path
+    stream: int = 0  # index among the file's audio streams
+
+
+def upscale_graph(raw: Path, audio: AudioSource | None, out: Path, opts: UpscaleOptions, duration: float, *, fmt: str | None = None):
+    """The one-pass ffmpeg graph: fps, hold the last frame, scale, encode, mux.
+
+    Pure: returns an ffmpeg-python node; :func:`upscale_argv` compiles it.
+    """
+    import ffmpeg as ffm
+
+    v = ffm.input(str(raw)).video
+    v = v.filter("fps", fps=_rate(opts.fps))
+    # Hold the last frame so the video is never shorter than the audio; -t cuts it.
+    v = v.filter("tpad", stop=-1, stop_mode="clone")
+    if opts.enabled:
+        if opts.canvas:
+            cw, ch = opts.canvas
+            if opts.fit == "pad":
+                v = v.filter("scale", cw, ch, force_original_aspect_ratio="decrease", force_divisible_by=2, flags="bicubic")
+                v = v.filter("pad", cw, ch, "(ow-iw)/2", "(oh-ih)/2", color="black")
+            else:
+                v = v.filter("scale", cw, ch, force_original_aspect_ratio="increase", force_divisible_by=2, flags="bicubic")
+                v = v.filter("crop", cw, ch)
+        else:
+            v = v.filter("scale", -2, opts.target_height, flags="bicubic")
+    else:
+        v = v.filter("crop", "trunc(iw/2)*2", "trunc(ih/2)*2")
+    v = v.filter("setsar", 1)
+    streams = [v]
+    kwargs: dict[str, Any] = {
+        "vcodec": "libx264",
+        "pix_fmt": "yuv420p",
+        "crf": opts.crf,
+        "preset": opts.x264_preset,
+        "t": f"{duration:.6f}",
+    }
+    if audio is not None and not opts.remove_audio:
+        streams.append(ffm.input(str(audio.path))[f"a:{audio.stream}"])
+        kwargs.update({"acodec": "aac", "audio_bitrate": opts.audio_bitrate})
+    else:
+        kwargs["an"] = None
+    container = fmt or out.suffix.lower().lstrip(".")
+    if container in ("mp4", "mov"):
+        kwargs["movflags"] = "+faststart"
+    kwargs["f"] = {"mkv": "matroska", "mp4": "mp4", "mov": "mov"}.get(container, container)
+    return ffm.output(*streams, str(out), **kwargs)
+
+
+def upscale_argv(ff_path: str, raw: Path, audio: AudioSource | None, out: Path, opts: UpscaleOptions, duration: float, *, fmt: str | None = None) -> list[str]:
+    # Global options go first: ffmpeg may ignore options after the last output.
+    return [ff_path, "-hide_banner", "-nostdin", "-y", *upscale_graph(raw, audio, out, opts, duration, fmt=fmt).get_args()]
+
+
+def _rate(fps: float) -> str:
+    return str(int(fps)) if float(fps).is_integer() else f"{fps:.6f}"
+
+
+_PROGRESS_TIME = re.compile(rb"out_time_us=(\d+)")
+
+
+def run_ffmpeg_job(argv: list[str], *, what: str, total_seconds: float | None = None, on_progress: Callable[[float], None] | None = None, timeout: float | None = None) -> None:
+    """Run a long ffmpeg job, reporting progress (0..1) from ``-progress``."""
+    from .process import kill_group
+
+    full = [*argv[:1], "-progress", "pipe:1", "-nostats", *argv[1:]]
+    log.debug("ffmpeg: %s", full)
+    proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    stderr_chunks: list[bytes] = []
+    import threading
+
+    def drain() -> None:
+        assert proc.stderr is not None
+        for chunk in iter(lambda: proc.stderr.read(65536), b""):
+            stderr_chunks.append(chunk)
+
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            m = _PROGRESS_TIME.match(line)
+            if m and total_seconds and on_progress:
+                on_progress(min(1.0, int(m.group(1)) / 1e6 / total_seconds))
+        rc = proc.wait(timeout=timeout)
+    except BaseException:
+        kill_group(proc)
+        raise
+    t.join(timeout=5)
+    if rc != 0:
+        err = b"".join(stderr_chunks).decode("utf-8", "replace")
+        raise FFmpegError(f"{what} failed (exit {rc})", argv=full, stderr_tail="\n".join(err.splitlines()[-15:]))

@@ -1,0 +1,483 @@
+"""LipSyncPipeline: validate → resources → stage → engine → upscale → publish → report.
+
+Usable from Python::
+
+    result = LipSyncPipeline(engine="wav2lip", wav2lip_box=(90, 40, 300, 330)).run("face.png", "speech.mp3", "out.mp4")
+    result.output, result.report["timings"]
+
+The pipeline never prints: it reports to an :class:`Observer` (the CLI draws
+progress from it) and raises :mod:`lipsync_tool.errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import OUTPUT_EXTENSIONS, RunOptions, Settings
+from .engines import get_engine, make_options, validation_to_usage
+from .engines.base import Engine, EngineOptions, Job, Workspace
+from .errors import (
+    EngineError,
+    EngineTimeoutError,
+    FaceNotFoundError,
+    FFmpegError,
+    Interrupted,
+    LipsyncError,
+    OutputPathError,
+)
+
+log = logging.getLogger(__name__)
+
+STAGES = ("validate", "resources", "stage", "engine", "upscale", "publish")
+
+
+class Observer:
+    """Callbacks for progress.  Every method is optional to override."""
+
+    def stage(self, name: str, detail: str = "") -> None: ...
+
+    def engine_line(self, line: str) -> None: ...
+
+    def progress(self, stage: str, fraction: float) -> None: ...
+
+    def notice(self, title: str, text: str) -> None: ...
+
+    def download_bar(self, label: str, total: int, initial: int):
+        from .resources.download import no_progress
+
+        return no_progress(label, total, initial)
+
+    def waiting(self, what: str) -> None: ...
+
+
+@dataclass
+class RunResult:
+    output: Path | None
+    report: dict[str, Any]
+    temp_dir: Path | None = None
+    kept_files: list[str] = field(default_factory=list)
+
+
+def split_options(engine: Engine, values: dict[str, Any]) -> tuple[RunOptions, EngineOptions]:
+    """Common options and the engine's own, each validated by its model."""
+    from pydantic import ValidationError
+
+    common = {k: v for k, v in values.items() if k in RunOptions.model_fields and v is not None}
+    rest = {k: v for k, v in values.items() if k not in RunOptions.model_fields and v is not None}
+    common["engine"] = engine.name
+    try:
+        run = RunOptions(**common)
+    except ValidationError as exc:
+        raise validation_to_usage(exc) from None
+    return run, make_options(engine, rest)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+class LipSyncPipeline:
+    """One configured engine plus options; ``run()`` may be called many times."""
+
+    def __init__(self, engine: str = "sadtalker", *, observer: Observer | None = None, downloader=None, resources=None, **options: Any):
+        self.engine: Engine = get_engine(engine)
+        self.options, self.engine_options = split_options(self.engine, options)
+        self.observer = observer or Observer()
+        self._downloader = downloader
+        self.settings = Settings.from_env(cache_dir=self.options.cache_dir, offline=self.options.offline, registry=self.options.registry)
+        #: An EngineResources to share between pipelines (batch runs pass one).
+        self._resources = resources
+        self._device = None
+
+    # -- resources (shared across runs: batch and compare reuse them) --------------------
+
+    @property
+    def resources(self):
+        if self._resources is None:
+            from .resources.download import Downloader
+            from .resources.managers import resources_for
+
+            downloader = self._downloader or Downloader(progress=self.observer.download_bar, on_wait=self.observer.waiting)
+            self._resources = resources_for(
+                self.engine, self.settings.cache_dir, registry_file=self.settings.registry, offline=self.settings.offline, downloader=downloader, notice=self.observer.notice
+            )
+        return self._resources
+
+    def prepare(self):
+        """Clone and download what the options need (``setup`` and warm-up)."""
+        self.observer.stage("resources")
+        return self.resources.ensure(self.engine_options, self.options.resolution)
+
+    # -- the run -------------------------------------------------------------------------
+
+    def run(self, image: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike) -> RunResult:
+        """Validate, stage, render, upscale and publish one clip."""
+        job = self.start(image, audio, output)
+        job.render()
+        return job.finish()
+
+    def start(self, image: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike) -> Run:
+        """Validate and stage the inputs (CPU only).  Then ``render()`` and ``finish()``."""
+        run = Run(self, Path(image), Path(audio), Path(output))
+        run.stage()
+        return run
+
+    def _device_and_python(self):
+        from .runtime import engine_python, resolve_device
+
+        python = engine_python(self.options.python)
+        if self._device is None:
+            self._device = resolve_device(self.options.device, python)
+            dev = self._device.device
+            if dev.kind == "cpu" and self.options.device == "auto":
+                log.warning("running %s on the CPU (%s); this is much slower than a GPU", self.engine.display_name, dev.reason)
+            log.info("device: %s (%s)", dev, dev.reason)
+        return python, self._device
+
+
+class Run:
+    """One clip through the pipeline, in three steps that batch runs can
+    interleave: ``stage()`` (CPU), ``render()`` (the engine: GPU) and
+    ``finish()`` (CPU).  Any step that fails cleans up and raises."""
+
+    def __init__(self, pipeline: LipSyncPipeline, image: Path, audio: Path, output: Path):
+        self.p = pipeline
+        self.engine = pipeline.engine
+        self.opts = pipeline.options
+        self.observer = pipeline.observer
+        self.image, self.audio, self.output = image, audio, output
+        self.timer = _Timer()
+        self.seed = self.opts.seed if self.opts.seed is not None else random.randrange(2**31)
+        self.ws: Workspace | None = None
+        self.reached_engine = False
+        self.report: dict[str, Any] = {
+            "tool": {"name": "lipsync-tool", "version": __version__, "python": sys.version.split()[0]},
+            "engine": {"name": self.engine.name},
+            "inputs": {"image": str(image), "audio": str(audio)},
+            "output": {"path": str(output)},
+            "options": {
+                **self.opts.model_dump(mode="json"),
+                "seed": self.seed,
+                "engine_options": pipeline.engine_options.model_dump(mode="json", exclude_none=True),
+                "engine_options_resolved": pipeline.engine_options.resolved().model_dump(mode="json", exclude_none=True),
+            },
+            "timings": self.timer.timings,
+        }
+
+    @contextmanager
+    def _step(self):
+        """Error handling shared by the steps: report, clean up, re-raise typed."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.report["status"] = "interrupted"
+            self._write_reports()
+            self._cleanup()
+            raise Interrupted("interrupted") from None
+        except LipsyncError as exc:
+            self._failed(exc, {"type": type(exc).__name__, "message": exc.message, "subject": exc.subject, "hint": exc.hint})
+            raise
+        except Exception as exc:
+            self._failed(exc, {"type": type(exc).__name__, "message": str(exc)})
+            raise
+
+    def _failed(self, exc: BaseException, info: dict) -> None:
+        self.report["status"] = "failed"
+        self.report["error"] = info
+        self._write_reports()
+        # A failure inside the engine or later is worth debugging from the temp dir.
+        if self.ws is not None and (self.reached_engine or self.opts.keep_temp):
+            exc.temp_dir = self.ws.root  # type: ignore[attr-defined]
+        else:
+            self._cleanup()
+
+    # -- step 1: validate and stage ----------------------------------------------------------
+
+    def stage(self) -> None:
+        from .media import find_ffmpeg
+        from .workspace import create_workspace
+
+        with self._step():
+            self.observer.stage("validate")
+            with self.timer("validate"):
+                check_output_path(self.output, [self.image, self.audio], overwrite=self.opts.overwrite)
+                self.ff = find_ffmpeg(self.p.settings.ffmpeg)
+                self.report["tool"]["ffmpeg"] = {"path": self.ff.path, "version": self.ff.version, "source": self.ff.source}
+                self.ws = create_workspace()
+                self._stage_inputs()
+                self.engine.validate(self.p.engine_options, face_is_video=self.face.is_video)
+                if not self.engine.uses_resolution and "resolution" in self.opts.model_fields_set:
+                    log.warning("--resolution applies to SadTalker only; %s ignores it", self.engine.display_name)
+                self.python, decision = self.p._device_and_python()
+                self.device = decision.device
+                from .runtime import package_versions
+
+                self.report["device"] = {"device": str(self.device), "reason": self.device.reason, "gpus": list(decision.gpu_names)}
+                self.report["engine"]["python"] = self.python
+                self.report["engine"]["packages"] = package_versions(self.python, ["torch", "torchvision", "numpy", "librosa", "opencv-python", "opencv-python-headless"])
+            face = self.face
+            video_fps = face.info.video.fps if face.is_video and face.info and face.info.video else None
+            self.fps = video_fps if (video_fps and "fps" not in self.opts.model_fields_set) else self.opts.fps
+
+    def _stage_inputs(self) -> None:
+        from .media import count_faces, first_frame, stage_audio, stage_face
+
+        ws, ff, report = self.ws, self.ff, self.report
+        assert ws is not None
+        self.face_path, self.face = stage_face(self.image, ws.inputs / "face", ff, allow_video=self.engine.supports_video_face)
+        face = self.face
+        report["inputs"]["face"] = {"staged": str(self.face_path), "is_video": face.is_video, "width": face.width, "height": face.height, "downscaled_from": face.downscaled_from}
+        if not self.opts.skip_face_check:
+            still = self.face_path if not face.is_video else first_frame(self.face_path, ff, ws.inputs / "first_frame.png")
+            faces = count_faces(still)
+            report["inputs"]["face"]["faces_found"] = faces
+            if faces == 0 and getattr(self.p.engine_options, "wav2lip_box", None) is None:
+                raise FaceNotFoundError(
+                    "no face found by the pre-check",
+                    subject=self.image,
+                    hint="Use a clear, frontal portrait, crop the image closer to the face, "
+                    + ("pass --wav2lip-box, " if self.engine.name == "wav2lip" else "")
+                    + "or --skip-face-check if you are sure there is one.",
+                )
+        self.audio_check = stage_audio(self.audio, ws.inputs / "audio.wav", ff)
+        a = self.audio_check
+        report["inputs"]["audio_info"] = {"duration": round(a.duration, 4), "max_volume_db": a.max_volume_db, **a.info.to_dict()}
+        if a.silent:
+            log.warning("%s is digital silence (peak %s dB); the lips will not move", self.audio, a.max_volume_db)
+
+    # -- step 2: resources and the engine ---------------------------------------------------------
+
+    def render(self) -> Path:
+        from .workspace import build_link_farm
+
+        assert self.ws is not None
+        ws, opts = self.ws, self.opts
+        with self._step():
+            if opts.install_deps:
+                self.observer.stage("install-deps")
+                with self.timer("install_deps"):
+                    from .runtime import install_deps
+
+                    self.report["installed"] = install_deps(self.engine, self.python, log_path=ws.root / "install.log")
+            self.observer.stage("resources")
+            with self.timer("resources"):
+                prepared = self.p.resources.ensure(self.p.engine_options, opts.resolution)
+            self.report["engine"].update(
+                {
+                    "repo": prepared.repo_url,
+                    "commit": prepared.commit,
+                    "checkpoints": [{"name": f.name, "sha256": f.sha256, "source": f.source, "known": f.known, "dest": f.dest} for f in prepared.files],
+                }
+            )
+            self.observer.stage("stage")
+            with self.timer("stage"):
+                build_link_farm(prepared.repo_dir, ws.work, self.engine.entry_script, prepared.links())
+                job = Job(face=self.face_path, audio=ws.inputs / "audio.wav", face_is_video=self.face.is_video, fps=self.fps, resolution=opts.resolution, device=self.device, python=self.python)
+                for name, src in self.engine.staged_refs(self.p.engine_options).items():
+                    from .media import stage_video
+
+                    stage_video(Path(src), ws.inputs / f"{name}.mp4", self.ff)
+                command = self.engine.build_command(job, self.p.engine_options, ws)
+                env = self._engine_env(command.env, prepared)
+                (ws.root / "engine_command.txt").write_text(command.display() + "\n")
+                self.report["commands"] = {"engine": command.argv, "engine_cwd": str(command.cwd)}
+            self.reached_engine = True
+            self.observer.stage("engine", f"{self.engine.display_name} on {self.device}")
+            timeout = opts.timeout or _default_timeout(self.audio_check.duration, self.device)
+            self.report["engine"]["timeout_s"] = round(timeout, 1)
+            with self.timer("engine"):
+                self.raw = self._run_engine(command, env, timeout)
+            self.report["engine"]["raw_output"] = str(self.raw)
+        return self.raw
+
+    def _engine_env(self, extra: dict[str, str], prepared) -> dict[str, str]:
+        from .engines.compat import compat_env
+
+        assert self.ws is not None
+        env = dict(os.environ)
+        env.update(self.ff.engine_env(self.ws.root / "bin"))
+        url_map = {f.serves_url: str(f.path) for f in prepared.files if f.serves_url}
+        env.update(compat_env(env.get("PYTHONPATH", ""), seed=self.seed, trusted=prepared.trusted(), url_map=url_map))
+        env.update({"PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8", "PYTHONPYCACHEPREFIX": str(self.ws.root / "pycache"), "MPLBACKEND": "Agg"})
+        env.update(extra)
+        return env
+
+    def _run_engine(self, command, env: dict[str, str], timeout: float) -> Path:
+        from .engines.base import tail_lines
+        from .process import ProcessTimeout, run_logged
+
+        ws = self.ws
+        assert ws is not None
+
+        def on_line(line: str) -> None:
+            log.debug("[%s] %s", self.engine.name, line)
+            self.observer.engine_line(line)
+
+        try:
+            result = run_logged(command.argv, cwd=command.cwd, env=env, log_path=ws.log, timeout=timeout, on_line=on_line)
+        except ProcessTimeout:
+            raise EngineTimeoutError(
+                f"{self.engine.display_name} ran past the timeout of {timeout:.0f} s and was stopped",
+                log_path=ws.log,
+                log_tail=tail_lines(_read_log(ws.log), 15),
+                hint="Raise --timeout, shorten the audio, or use a GPU.",
+            ) from None
+        text = _read_log(ws.log)
+        translated = self.engine.translate_error(text, result.returncode, ws)
+        if result.returncode != 0:
+            if translated is not None:
+                raise translated
+            raise EngineError(f"{self.engine.display_name} failed (exit {result.returncode})", log_path=ws.log, log_tail=tail_lines(text), hint=f"The full log is {ws.log}.")
+        try:
+            return self.engine.find_output(ws, text)
+        except EngineError:
+            if translated is not None:
+                raise translated from None
+            raise
+
+    # -- step 3: upscale and publish ------------------------------------------------------------
+
+    def finish(self) -> RunResult:
+        from .media import AudioSource, probe, run_ffmpeg_job, upscale_argv
+
+        assert self.ws is not None
+        ws, opts = self.ws, self.opts
+        tmp_out = temp_output_path(self.output)
+        try:
+            with self._step():
+                self.observer.stage("upscale")
+                with self.timer("upscale"):
+                    up = opts.upscale().model_copy(update={"fps": self.fps})
+                    argv = upscale_argv(self.ff.path, self.raw, AudioSource(self.audio), tmp_out, up, self.audio_check.duration, fmt=output_format(self.output))
+                    (ws.root / "upscale_command.txt").write_text(_shell_join(argv) + "\n")
+                    self.report["commands"]["ffmpeg"] = argv
+                    run_ffmpeg_job(argv, what="the upscale", total_seconds=self.audio_check.duration, on_progress=lambda f: self.observer.progress("upscale", f))
+                self.observer.stage("publish")
+                with self.timer("publish"):
+                    info = probe(tmp_out, ff=self.ff, measure=True)
+                    check_published(info, self.audio_check.duration, remove_audio=opts.remove_audio, fps=self.fps)
+                    if self.output.exists() and not opts.overwrite:
+                        raise OutputPathError("appeared while the run was going; not overwriting it", subject=self.output, hint="Pass --overwrite to replace it.")
+                    os.replace(tmp_out, self.output)
+                    self.report["output"]["media"] = {**info.to_dict(), "path": str(self.output)}
+                self.report["status"] = "ok"
+                self.report["temp_dir"] = str(ws.root) if opts.keep_temp else None
+                self._write_reports()
+        finally:
+            tmp_out.unlink(missing_ok=True)
+        kept: list[str] = []
+        if opts.keep_temp:
+            from .workspace import listing
+
+            kept = listing(ws.root)
+        else:
+            self._cleanup()
+        return RunResult(output=self.output, report=self.report, temp_dir=ws.root if opts.keep_temp else None, kept_files=kept)
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def _write_reports(self) -> None:
+        text = json.dumps(self.report, indent=2, default=str)
+        if self.ws is not None and self.ws.root.exists():
+            (self.ws.root / "report.json").write_text(text)
+        if self.opts.report:
+            from .resources.cache import atomic_write_text
+
+            try:
+                atomic_write_text(Path(self.opts.report), text)
+            except OSError as exc:
+                log.warning("could not write the report to %s: %s", self.opts.report, exc)
+
+    def _cleanup(self) -> None:
+        if self.ws is not None and not self.opts.keep_temp:
+            shutil.rmtree(self.ws.root, ignore_errors=True)
+
+
+# -- helpers (pure where possible) ---------------------------------------------------------
+
+
+def _default_timeout(audio_seconds: float, device) -> float:
+    from .runtime import default_timeout
+
+    return default_timeout(audio_seconds, device)
+
+
+def _read_log(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _shell_join(argv: list[str]) -> str:
+    import shlex
+
+    return shlex.join(argv)
+
+
+def output_format(path: Path) -> str:
+    return path.suffix.lower().lstrip(".")
+
+
+def temp_output_path(output: Path) -> Path:
+    """A process-unique temp file beside OUTPUT, so ``os.replace`` is atomic."""
+    return output.with_name(f".{output.stem}.{os.getpid()}-{random.randrange(16**6):06x}.partial{output.suffix.lower()}")
+
+
+def check_output_path(output: Path, inputs: list[Path], *, overwrite: bool) -> None:
+    """OUTPUT must be writable, a video container, new (or --overwrite), not an input."""
+    if output.suffix.lower() not in OUTPUT_EXTENSIONS:
+        raise OutputPathError(
+            f"has the extension {output.suffix or '(none)'!r}; the output must be one of {', '.join(OUTPUT_EXTENSIONS)}",
+            subject=output,
+            hint="Name it e.g. out.mp4.",
+        )
+    parent = output.absolute().parent
+    if not parent.is_dir():
+        raise OutputPathError(f"its folder {parent} does not exist", subject=output, hint=f"Create it first: mkdir -p {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"its folder {parent} is not writable", subject=output)
+    for i in inputs:
+        try:
+            if i.exists() and output.exists() and os.path.samefile(i, output):
+                raise OutputPathError("is one of the inputs; refusing to overwrite it", subject=output)
+        except OSError:
+            pass
+        if i.absolute() == output.absolute():
+            raise OutputPathError("is one of the inputs; refusing to overwrite it", subject=output)
+    if output.is_dir():
+        raise OutputPathError("is a folder", subject=output)
+    if output.exists() and not overwrite:
+        raise OutputPathError("already exists", subject=output, hint="Pass --overwrite to replace it.")
+
+
+def check_published(info, audio_duration: float, *, remove_audio: bool, fps: float) -> None:
+    """The file about to be published really is what the run promises."""
+    frame = 1.0 / fps
+    if info.video is None or info.video.codec != "h264":
+        raise FFmpegError(f"the upscaled file has no H.264 video stream ({info.video.codec if info.video else 'none'})")
+    if not remove_audio and (info.audio is None or info.audio.codec != "aac"):
+        raise FFmpegError("the upscaled file has no AAC audio stream")
+    vdur = info.video.duration
+    if vdur is not None and abs(vdur - audio_duration) > frame + 1e-6:
+        raise FFmpegError(f"the video lasts {vdur:.3f} s but the audio {audio_duration:.3f} s (more than one frame apart)")

@@ -1,0 +1,147 @@
+"""Run a subprocess the way an engine needs it run.
+
+* an argv list, never a shell;
+* its own working dir and environment;
+* stdout and stderr merged, streamed line by line to a log file and to a
+  callback (the pipeline forwards them to ``logging`` at DEBUG and to the
+  progress display);
+* a new process group, so a timeout or Ctrl-C kills the whole tree: SIGTERM,
+  a grace period, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: How long a killed process group gets to exit after SIGTERM.
+KILL_GRACE_SECONDS = 5.0
+
+
+@dataclass
+class ProcessResult:
+    returncode: int
+    seconds: float
+    timed_out: bool = False
+
+
+class ProcessTimeout(Exception):
+    def __init__(self, seconds: float):
+        super().__init__(f"timed out after {seconds:.0f} s")
+        self.seconds = seconds
+
+
+def _split_lines(buffer: bytes) -> tuple[list[str], bytes]:
+    """Complete lines (ended by \\n or tqdm's \\r) and the unfinished rest."""
+    lines: list[str] = []
+    start = 0
+    for i, b in enumerate(buffer):
+        if b in (0x0A, 0x0D):
+            if i > start:
+                lines.append(buffer[start:i].decode("utf-8", "replace"))
+            start = i + 1
+    return lines, buffer[start:]
+
+
+def kill_group(proc: subprocess.Popen, grace: float = KILL_GRACE_SECONDS) -> None:
+    """SIGTERM the process group, wait up to *grace*, then SIGKILL it."""
+    if proc.poll() is not None:
+        _reap_group(proc.pid)
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    _reap_group(proc.pid)
+
+
+def _reap_group(pgid: int) -> None:
+    # Children that outlived the leader (e.g. an ffmpeg upstream started) die too.
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_logged(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    log_path: Path,
+    timeout: float | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> ProcessResult:
+    """Run *argv*, appending its output to *log_path*.  Raises ProcessTimeout."""
+    started = time.monotonic()
+    with open(log_path, "ab") as logfile:
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=str(cwd),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.debug("started pid %d: %s", proc.pid, list(argv))
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            rest = b""
+            while True:
+                chunk = proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(65536)
+                if not chunk:
+                    break
+                logfile.write(chunk)
+                logfile.flush()
+                lines, rest = _split_lines(rest + chunk)
+                for line in lines:
+                    if on_line:
+                        on_line(line)
+            if rest and on_line:
+                on_line(rest.decode("utf-8", "replace"))
+
+        reader = threading.Thread(target=pump, name="engine-log", daemon=True)
+        reader.start()
+        try:
+            try:
+                returncode = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                kill_group(proc)
+                reader.join(timeout=5)
+                raise ProcessTimeout(timeout or 0) from None
+        except BaseException:
+            # Ctrl-C, SIGTERM turned into an exception, or the timeout above.
+            kill_group(proc)
+            raise
+        _reap_group(proc.pid)
+        reader.join(timeout=10)
+    return ProcessResult(returncode=returncode, seconds=time.monotonic() - started)
+
+
+def run_captured(argv: Sequence[str], *, timeout: float | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a short helper command (ffmpeg, pip, git) and capture its output."""
+    return subprocess.run(
+        list(argv),
+        cwd=str(cwd) if cwd else None,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )

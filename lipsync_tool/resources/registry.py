@@ -1,0 +1,119 @@
+"""The checkpoint registry: built-in entries plus a user override file.
+
+The built-in entries are data on each engine class (``repo``,
+``checkpoints``).  An override file (``--registry FILE`` or
+``LIPSYNC_TOOL_REGISTRY``) is TOML; each field it names replaces the built-in
+one and everything else is kept::
+
+    [wav2lip]
+    repo_url = "file:///srv/mirror/Wav2Lip.git"
+    commit = "5c90fa9b4a2c2a37d0b4ebf7633ac41534eb9941"
+
+    [wav2lip.checkpoints."wav2lip_gan.pth"]
+    urls = ["https://mirror.example.org/w2l/wav2lip_gan.pth"]
+    sha256 = "ca9ab7b7…"
+    size = 435801865
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..engines.base import CheckpointSpec, Engine, RepoSpec
+from ..errors import RegistryFileError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+ENGINE_KEYS = {"repo_url", "commit", "checkpoints"}
+CHECKPOINT_KEYS = {"urls", "sha256", "size"}
+
+
+@dataclass(frozen=True)
+class EngineRegistry:
+    engine: str
+    repo: RepoSpec
+    checkpoints: dict[str, CheckpointSpec]
+    overridden: tuple[str, ...] = ()
+
+    def spec(self, name: str) -> CheckpointSpec:
+        return self.checkpoints[name]
+
+
+def _fail(path: Path, key: str, problem: str) -> RegistryFileError:
+    return RegistryFileError(f"{key}: {problem}", subject=path, hint="See 'Air-gapped and custom setups' in the README for the format.")
+
+
+def read_override(path: Path, engines: dict[str, type[Engine]]) -> dict[str, Any]:
+    """Parse and validate an override file; errors name the file and the key."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise RegistryFileError("no such file", subject=path) from None
+    except OSError as exc:
+        raise RegistryFileError(f"cannot be read ({exc.strerror})", subject=path) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RegistryFileError(f"is not valid TOML ({exc})", subject=path, hint="Check the quoting: checkpoint names with dots need quotes.") from None
+    for engine, section in data.items():
+        if engine not in engines:
+            raise _fail(path, f"[{engine}]", f"unknown engine (known: {', '.join(sorted(engines))})")
+        if not isinstance(section, dict):
+            raise _fail(path, engine, "must be a table")
+        for key, value in section.items():
+            if key not in ENGINE_KEYS:
+                raise _fail(path, f"{engine}.{key}", f"unknown key (allowed: {', '.join(sorted(ENGINE_KEYS))})")
+            if key == "repo_url" and (not isinstance(value, str) or not value.strip()):
+                raise _fail(path, f"{engine}.repo_url", "must be a non-empty string")
+            if key == "commit" and (not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{40}", value)):
+                raise _fail(path, f"{engine}.commit", "must be a full 40-character lower-case commit sha")
+        known = {c.name for c in engines[engine].checkpoints}
+        for name, entry in (section.get("checkpoints") or {}).items():
+            where = f'{engine}.checkpoints."{name}"'
+            if name not in known:
+                raise _fail(path, where, f"unknown checkpoint (known: {', '.join(sorted(known))})")
+            if not isinstance(entry, dict):
+                raise _fail(path, where, "must be a table")
+            for key, value in entry.items():
+                if key not in CHECKPOINT_KEYS:
+                    raise _fail(path, f"{where}.{key}", f"unknown key (allowed: {', '.join(sorted(CHECKPOINT_KEYS))})")
+            if "urls" in entry and (not isinstance(entry["urls"], list) or not entry["urls"] or not all(isinstance(u, str) and u for u in entry["urls"])):
+                raise _fail(path, f"{where}.urls", "must be a non-empty list of URL strings")
+            if "sha256" in entry and (not isinstance(entry["sha256"], str) or not re.fullmatch(r"[0-9a-fA-F]{64}", entry["sha256"])):
+                raise _fail(path, f"{where}.sha256", "must be 64 hex digits")
+            if "size" in entry and (not isinstance(entry["size"], int) or isinstance(entry["size"], bool) or entry["size"] <= 0):
+                raise _fail(path, f"{where}.size", "must be a positive integer (bytes)")
+    return data
+
+
+def load_registry(engine: Engine | type[Engine], override: Path | None = None) -> EngineRegistry:
+    """The effective registry of *engine*: built-in, with *override* applied."""
+    from ..engines import engine_classes
+
+    repo = engine.repo
+    checkpoints = {c.name: c for c in engine.checkpoints}
+    changed: list[str] = []
+    if override is not None:
+        section = read_override(override, engine_classes()).get(engine.name, {})
+        if "repo_url" in section or "commit" in section:
+            repo = dataclasses.replace(repo, url=section.get("repo_url", repo.url), commit=section.get("commit", repo.commit))
+            changed.append("repo")
+        for name, entry in (section.get("checkpoints") or {}).items():
+            fields: dict[str, Any] = {}
+            if "urls" in entry:
+                fields["urls"] = tuple(entry["urls"])
+            if "sha256" in entry:
+                fields["sha256"] = entry["sha256"].lower()
+            if "size" in entry:
+                fields["size"] = entry["size"]
+            checkpoints[name] = dataclasses.replace(checkpoints[name], **fields)
+            changed.append(name)
+    return EngineRegistry(engine=engine.name, repo=repo, checkpoints=checkpoints, overridden=tuple(changed))

@@ -1,0 +1,89 @@
+"""A fake engine for the tests: the real contract, a throwaway upstream.
+
+Its repository and checkpoint come from environment variables that the test
+fixtures set, so the same class works in-process and as an entry-point
+plug-in of a ``lipsync-tool`` subprocess.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from lipsync_tool.engines.base import CheckpointSpec, Command, Engine, EngineOptions, Job, RepoSpec, Workspace, field_cli, format_number, tail_lines
+from lipsync_tool.errors import FaceNotFoundError
+
+
+class FakeOptions(EngineOptions):
+    fake_mode: Literal["ok", "crash", "hang", "noout", "empty", "noface"] = Field(
+        "ok", json_schema_extra=field_cli("--fake-mode", help="How the fake engine behaves.")
+    )
+    fake_extra_seconds: float = Field(0.0, json_schema_extra=field_cli("--fake-extra-seconds", help="Render this much longer than the audio."))
+
+
+def _repo() -> RepoSpec:
+    return RepoSpec(url=os.environ.get("FAKE_ENGINE_REPO", "file:///nonexistent"), commit=os.environ.get("FAKE_ENGINE_COMMIT", "0" * 40))
+
+
+def _checkpoints() -> tuple[CheckpointSpec, ...]:
+    return (
+        CheckpointSpec(
+            name="fake.ckpt",
+            urls=tuple(u for u in os.environ.get("FAKE_ENGINE_CKPT_URLS", "").split(" ") if u),
+            size=int(os.environ.get("FAKE_ENGINE_CKPT_SIZE", "1")),
+            sha256=os.environ.get("FAKE_ENGINE_CKPT_SHA256", "0" * 64),
+            dest="models/fake.ckpt",
+        ),
+    )
+
+
+class _Lazy:
+    """Class attributes read from the environment when they are looked up."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __get__(self, obj, owner):
+        return self.fn()
+
+
+class FakeEngine(Engine):
+    name = "fake"
+    display_name = "Fake"
+    Options = FakeOptions
+    repo = _Lazy(_repo)  # type: ignore[assignment]
+    checkpoints = _Lazy(_checkpoints)  # type: ignore[assignment]
+    licence_notice = "The fake weights are for tests only."
+    supports_video_face = True
+    native_fps = True
+
+    def required_checkpoints(self, options, resolution):
+        return [self.checkpoint("fake.ckpt")]
+
+    def build_command(self, job: Job, options: EngineOptions, ws: Workspace) -> Command:
+        assert isinstance(options, FakeOptions)
+        argv = [
+            job.python, "inference.py",
+            "--face", ws.engine_path(job.face),
+            "--audio", ws.engine_path(job.audio),
+            "--outfile", "results/result.mp4",
+            "--checkpoint_path", "models/fake.ckpt",
+            "--fps", format_number(job.fps),
+            "--mode", options.fake_mode,
+        ]  # fmt: skip
+        if options.fake_extra_seconds:
+            argv += ["--extra_seconds", format_number(options.fake_extra_seconds)]
+        return Command(argv, ws.work, job.device.env())
+
+    def find_output(self, ws: Workspace, log_text: str) -> Path:
+        out = ws.results / "result.mp4"
+        if not out.is_file() or out.stat().st_size == 0:
+            raise self.missing_output(ws, f"{out} is missing or empty", tail_lines(log_text))
+        return out
+
+    def translate_error(self, log_text, returncode, ws):
+        if "Face not detected!" in log_text:
+            return FaceNotFoundError("the fake engine found no face", subject="face", hint="Try --wav2lip-box.")
+        return None
