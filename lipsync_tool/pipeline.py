@@ -259,6 +259,10 @@ class Run:
                     + ("pass --wav2lip-box, " if self.engine.name == "wav2lip" else "")
                     + "or --skip-face-check if you are sure there is one.",
                 )
+        from .resources.cache import sha256_file
+
+        report["inputs"]["image_sha256"] = sha256_file(self.image)
+        report["inputs"]["audio_sha256"] = sha256_file(self.audio)
         self.audio_check = stage_audio(self.audio, ws.inputs / "audio.wav", ff)
         a = self.audio_check
         report["inputs"]["audio_info"] = {"duration": round(a.duration, 4), "max_volume_db": a.max_volume_db, **a.info.to_dict()}

@@ -21,6 +21,7 @@ class FakeOptions(EngineOptions):
         "ok", json_schema_extra=field_cli("--fake-mode", help="How the fake engine behaves.")
     )
     fake_extra_seconds: float = Field(0.0, json_schema_extra=field_cli("--fake-extra-seconds", help="Render this much longer than the audio."))
+    fake_sleep: float = Field(0.0, ge=0, json_schema_extra=field_cli("--fake-sleep", help="Seconds the fake engine sleeps before rendering."))
 
 
 def _repo() -> RepoSpec:
@@ -75,6 +76,8 @@ class FakeEngine(Engine):
         ]  # fmt: skip
         if options.fake_extra_seconds:
             argv += ["--extra_seconds", format_number(options.fake_extra_seconds)]
+        if options.fake_sleep:
+            argv += ["--sleep", format_number(options.fake_sleep)]
         return Command(argv, ws.work, job.device.env())
 
     def find_output(self, ws: Workspace, log_text: str) -> Path:

@@ -20,7 +20,13 @@ p.add_argument("--fps", type=float, default=25.0)
 p.add_argument("--size", type=int, default=256)
 p.add_argument("--mode", default="ok")
 p.add_argument("--extra_seconds", type=float, default=0.0)
+p.add_argument("--sleep", type=float, default=0.0)
 args = p.parse_args()
+
+trace = os.environ.get("FAKE_ENGINE_TRACE")
+if trace:  # lets tests see when engine runs overlap
+    with open(trace, "a") as f:
+        f.write(f"start {time.time():.6f} {os.getpid()}\n")
 
 print("Using cpu for inference.")
 with open(args.checkpoint_path, "rb") as f:
@@ -46,6 +52,7 @@ if args.mode == "noout":
     print("done, but wrote nothing")
     sys.exit(0)
 
+time.sleep(args.sleep)
 # Duration of the staged 16 kHz mono PCM WAV, from its size.
 seconds = (os.path.getsize(args.audio) - 44) / 32000 + args.extra_seconds
 for i in range(5):
@@ -64,3 +71,6 @@ subprocess.run(cmd, check=True)
 if args.mode == "empty":
     open(args.outfile, "w").close()
 print("The generated video is named:", args.outfile)
+if trace:
+    with open(trace, "a") as f:
+        f.write(f"end {time.time():.6f} {os.getpid()}\n")
