@@ -276,17 +276,27 @@ class SadTalker(Engine):
     checkpoints = CHECKPOINTS
     licence_notice = LICENCE
     uses_resolution = True
+    #: basicsr, facexlib, gfpgan and realesrgan go last, without build isolation
+    #: (basicsr's setup.py imports torch) and without their declared dependencies:
+    #: those name opencv-python, whose GUI build would overwrite the headless cv2
+    #: (and needs libGL), and tb-nightly, used only for training.  What they import
+    #: at run time is listed in the step before.  setuptools provides the build and,
+    #: on Python 3.12, the ``distutils`` that basicsr imports.  face-alignment (in
+    #: upstream's requirements.txt) serves only ``--old_version`` and would pull
+    #: opencv-python too, so it is left out.
     requirements = (
         ((), ("torch>=2.0", "torchvision>=0.17")),
         (
             (),
             (
+                "setuptools", "wheel",
                 "numpy>=1.24", "scipy", "opencv-python-headless>=4.6", "librosa>=0.10", "numba", "tqdm", "pyyaml", "yacs",
-                "imageio>=2.19", "imageio-ffmpeg", "pydub", "scikit-image", "kornia", "safetensors", "face-alignment", "av", "joblib",
+                "imageio>=2.19", "imageio-ffmpeg", "pydub", "scikit-image", "kornia", "safetensors", "av", "joblib",
+                "pillow>=10", "requests", "filterpy", "lmdb",
             ),
-        ),  # fmt: skip
-        (("--no-build-isolation",), ("basicsr>=1.4.2", "facexlib>=0.3.0", "gfpgan>=1.3.8")),
-    )
+        ),
+        (("--no-build-isolation", "--no-deps"), ("basicsr>=1.4.2", "facexlib>=0.3.0", "gfpgan>=1.3.8", "realesrgan>=0.3.0")),
+    )  # fmt: skip
 
     def required_checkpoints(self, options: EngineOptions, resolution: int) -> list[CheckpointSpec]:
         o = _resolved(options)

@@ -1,0 +1,560 @@
+"""Compare engines on the same inputs.
+
+:func:`compare` runs each engine through its own :class:`LipSyncPipeline`
+(one engine failing does not stop the others), then writes into OUT_DIR:
+
+* ``<engine>.mp4`` and ``<engine>.report.json`` per engine;
+* ``side_by_side.mp4``: every clip at the same height, labelled with the
+  engine's name, with the original audio (one ffmpeg pass, built by the pure
+  :func:`side_by_side_graph`);
+* ``comparison.json`` and ``comparison.md``: engine, commit, options, wall
+  time per stage, output resolution, fps and duration, lip-sync scores.
+
+Lip-sync scores (LSE-C, LSE-D) come from a :class:`Scorer`.  None ships yet:
+the registry below is empty until a SyncNet-based scorer is added, and until
+then the score fields say ``"not computed"``.  A score is never made up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from . import __version__
+from .config import RunOptions
+from .errors import DependencyError, Interrupted, LipsyncError, UsageError
+
+log = logging.getLogger(__name__)
+
+NOT_COMPUTED = "not computed"
+SIDE_BY_SIDE = "side_by_side.mp4"
+COMPARISON_JSON = "comparison.json"
+COMPARISON_MD = "comparison.md"
+DEFAULT_ENGINES = ("sadtalker", "wav2lip")
+#: A font file for the labels, when none of the usual ones is installed.
+ENV_FONT = "LIPSYNC_TOOL_FONT"
+
+
+# -- lip-sync scores ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyncScore:
+    """SyncNet's lip-sync error metrics for one clip (Wav2Lip paper, §4.1)."""
+
+    lse_c: float  # confidence: higher is better
+    lse_d: float  # distance: lower is better
+    scorer: str
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores how well a video's lips follow an audio track."""
+
+    name: str
+
+    def score(self, video: Path, audio: Path) -> SyncScore: ...
+
+
+#: name → factory.  Empty on purpose: no SyncNet-based scorer ships yet.
+_SCORERS: dict[str, Callable[[], Scorer]] = {}
+
+
+def register_scorer(name: str, factory: Callable[[], Scorer], *, replace: bool = False) -> None:
+    if name in _SCORERS and not replace:
+        raise ValueError(f"a scorer named {name!r} is already registered")
+    _SCORERS[name] = factory
+
+
+def unregister_scorer(name: str) -> None:
+    _SCORERS.pop(name, None)
+
+
+def available_scorers() -> list[str]:
+    return sorted(_SCORERS)
+
+
+def default_scorer() -> Scorer | None:
+    """The first registered scorer that can be made, or None."""
+    for name in available_scorers():
+        try:
+            return _SCORERS[name]()
+        except LipsyncError as exc:
+            log.warning("lip-sync scorer %s is not usable: %s", name, exc)
+    return None
+
+
+def score_fields(scorer: Scorer | None, video: Path | None, audio: Path) -> dict[str, Any]:
+    """``lse_c``/``lse_d`` from *scorer*, or ``"not computed"`` with the reason."""
+    if scorer is None:
+        return {"lse_c": NOT_COMPUTED, "lse_d": NOT_COMPUTED, "scorer": None, "score_note": "no SyncNet-based scorer is installed"}
+    if video is None:
+        return {"lse_c": NOT_COMPUTED, "lse_d": NOT_COMPUTED, "scorer": scorer.name, "score_note": "the engine produced no video"}
+    try:
+        s = scorer.score(video, audio)
+    except Exception as exc:  # noqa: BLE001 - a scorer's failure must not lose the comparison
+        log.warning("scorer %s failed on %s: %s", scorer.name, video, exc)
+        return {"lse_c": NOT_COMPUTED, "lse_d": NOT_COMPUTED, "scorer": scorer.name, "score_note": f"the scorer failed: {exc}"}
+    return {"lse_c": float(s.lse_c), "lse_d": float(s.lse_d), "scorer": s.scorer, "score_note": None}
+
+
+# -- the label font -------------------------------------------------------------------------
+
+_FONT_NAMES = (
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "LiberationSans-Regular.ttf",
+    "NotoSans-Regular.ttf",
+    "FreeSans.ttf",
+    "Arial.ttf",
+    "arial.ttf",
+    "Helvetica.ttc",
+    "Roboto-Regular.ttf",
+)
+FONT_DIRS = (
+    "/usr/share/fonts",
+    "/usr/local/share/fonts",
+    "~/.local/share/fonts",
+    "~/.fonts",
+    "/Library/Fonts",
+    "/System/Library/Fonts",
+    "~/Library/Fonts",
+    "C:/Windows/Fonts",
+)
+_FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
+
+
+def find_font(explicit: str | os.PathLike | None = None, *, search_dirs: Sequence[str | os.PathLike] = FONT_DIRS) -> Path:
+    """A font file for drawtext: *explicit*, ``$LIPSYNC_TOOL_FONT``, a common
+    sans font, else any TrueType/OpenType font in *search_dirs*.
+
+    The file is passed to drawtext as ``fontfile``, so fontconfig's own
+    lookup (and its config) does not matter.
+    """
+    chosen = explicit or os.environ.get(ENV_FONT)
+    if chosen:
+        path = Path(chosen).expanduser()
+        if not path.is_file():
+            raise DependencyError("no such font file", subject=path, hint="Give a .ttf or .otf file with --font.")
+        return path
+    found: list[Path] = []
+    for d in search_dirs:
+        root = Path(d).expanduser()
+        if not root.is_dir():
+            continue
+        for dirpath, _, filenames in os.walk(root):
+            found += [Path(dirpath) / f for f in filenames if f.lower().endswith(_FONT_SUFFIXES)]
+    by_name = {p.name: p for p in sorted(found)}
+    for name in _FONT_NAMES:
+        if name in by_name:
+            return by_name[name]
+    if found:
+        return sorted(found)[0]
+    raise DependencyError(
+        "no font found for the engine labels of the side-by-side video",
+        subject="font",
+        hint=f"Install one (e.g. apt-get install fonts-dejavu-core), or pass --font FILE.ttf (or set {ENV_FONT}).",
+    )
+
+
+# -- the side-by-side video -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: Path
+    label: str
+
+
+def side_by_side_graph(clips: Sequence[Clip], audio: Path, out: Path, *, height: int, fps: float, duration: float, font: Path, crf: int = 18, preset: str = "medium"):
+    """One ffmpeg graph: each clip at *height*, labelled, stacked left to right,
+    with *audio* as AAC.  Pure: returns an ffmpeg-python node."""
+    import ffmpeg as ffm
+
+    if not clips:
+        raise ValueError("no clips to put side by side")
+    if height % 2:
+        raise ValueError(f"height {height} must be even")
+    size = max(12, round(height / 18))
+    streams = []
+    for clip in clips:
+        v = ffm.input(str(clip.path)).video
+        v = v.filter("fps", fps=_rate(fps))
+        v = v.filter("scale", -2, height, flags="bicubic")
+        v = v.filter("setsar", 1)
+        v = v.filter("format", "yuv420p")
+        v = v.filter(
+            "drawtext",
+            fontfile=str(font),
+            text=clip.label,
+            expansion="none",
+            fontsize=size,
+            fontcolor="white",
+            box=1,
+            boxcolor="black@0.6",
+            boxborderw=max(4, size // 3),
+            x=f"{size}",
+            y=f"{size}",
+        )
+        streams.append(v)
+    video = streams[0] if len(streams) == 1 else ffm.filter(streams, "hstack", inputs=len(streams))
+    sound = ffm.input(str(audio))["a:0"]
+    return ffm.output(
+        video,
+        sound,
+        str(out),
+        vcodec="libx264",
+        pix_fmt="yuv420p",
+        crf=crf,
+        preset=preset,
+        acodec="aac",
+        audio_bitrate="192k",
+        t=f"{duration:.6f}",
+        movflags="+faststart",
+        f="mp4",
+    )
+
+
+def side_by_side_argv(ff_path: str, clips: Sequence[Clip], audio: Path, out: Path, **kwargs: Any) -> list[str]:
+    return [ff_path, "-hide_banner", "-nostdin", "-y", *side_by_side_graph(clips, audio, out, **kwargs).get_args()]
+
+
+def _rate(fps: float) -> str:
+    return str(int(fps)) if float(fps).is_integer() else f"{fps:.6f}"
+
+
+# -- the comparison -------------------------------------------------------------------------
+
+
+@dataclass
+class EngineResult:
+    engine: str
+    display_name: str
+    status: str  # ok / failed
+    output: Path | None = None
+    report_path: Path | None = None
+    commit: str | None = None
+    repo: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+    media: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    score: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        v = (self.media or {}).get("video") or {}
+        return {
+            "engine": self.engine,
+            "display_name": self.display_name,
+            "status": self.status,
+            "error": self.error,
+            "repo": self.repo,
+            "commit": self.commit,
+            "options": self.options,
+            "timings": self.timings,
+            "wall_s": round(self.wall_s, 3),
+            "output": str(self.output) if self.output else None,
+            "report": str(self.report_path) if self.report_path else None,
+            "resolution": f"{v['width']}x{v['height']}" if v.get("width") else None,
+            "width": v.get("width"),
+            "height": v.get("height"),
+            "fps": v.get("fps"),
+            "duration": v.get("duration") or (self.media or {}).get("duration"),
+            **self.score,
+        }
+
+
+@dataclass
+class Comparison:
+    out_dir: Path
+    results: list[EngineResult]
+    side_by_side: Path | None
+    side_by_side_info: dict[str, Any] | None
+    side_by_side_error: dict[str, Any] | None
+    json_path: Path
+    md_path: Path
+    data: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status == "ok" for r in self.results) and self.side_by_side_error is None
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+
+def split_engine_options(engines: Sequence[str], options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each engine's pipeline keywords: the common options plus its own.
+
+    An engine option goes to every chosen engine that has it; one that none
+    of them has is a usage error (as in a single run).
+    """
+    from .engines import flag_of, option_owner
+
+    per: dict[str, dict[str, Any]] = {e: {} for e in engines}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key in RunOptions.model_fields:
+            for e in engines:
+                per[e][key] = value
+            continue
+        owners = [e for e in option_owner(key) if e in engines]
+        if not owners:
+            others = option_owner(key)
+            raise UsageError(
+                f"belongs to the {' and '.join(others)} engine, which is not compared" if others else "is not an option of any engine",
+                subject=flag_of(key),
+                hint="Drop it, or add the engine to --engines." if others else None,
+            )
+        for e in owners:
+            per[e][key] = value
+    return per
+
+
+def parse_engines(text: str | Sequence[str]) -> list[str]:
+    from .engines import available_engines
+
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    if not names:
+        raise UsageError("name at least one engine", subject="--engines")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UsageError(f"{', '.join(dupes)} named twice", subject="--engines")
+    unknown = [n for n in names if n not in available_engines()]
+    if unknown:
+        raise UsageError(f"unknown engine {', '.join(map(repr, unknown))}", subject="--engines", hint="Choose from: " + ", ".join(available_engines()))
+    return names
+
+
+def compare(
+    image: str | os.PathLike,
+    audio: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    engines: str | Sequence[str] = DEFAULT_ENGINES,
+    options: dict[str, Any] | None = None,
+    font: str | os.PathLike | None = None,
+    scorer: Scorer | None | str = "auto",
+    observer_for: Callable[[str], Any] | None = None,
+) -> Comparison:
+    """Run every engine on IMAGE and AUDIO and write the comparison into OUT_DIR.
+
+    Usage problems (unknown engines, options no chosen engine has, no font)
+    raise before any engine runs.  An engine's failure is recorded and the
+    others still run; see :attr:`Comparison.exit_code`.
+    """
+    from .pipeline import LipSyncPipeline
+
+    image, audio, out_dir = Path(image), Path(audio), Path(out_dir)
+    names = parse_engines(engines)
+    per_engine = split_engine_options(names, dict(options or {}))
+    for kw in per_engine.values():
+        if "report" in kw:
+            raise UsageError("is set by compare: each engine's report goes to OUT_DIR/<engine>.report.json", subject="--report")
+    pipelines = {}
+    for name in names:
+        obs = observer_for(name) if observer_for else None
+        out_kw = {**per_engine[name], "report": out_dir / f"{name}.report.json"}
+        pipelines[name] = LipSyncPipeline(name, observer=obs, **out_kw)
+    font_path = find_font(font)
+    the_scorer = default_scorer() if scorer == "auto" else scorer
+    if the_scorer is not None and not isinstance(the_scorer, Scorer):
+        raise UsageError(f"{the_scorer!r} is not a scorer", subject="scorer")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    results: list[EngineResult] = []
+    for name in names:
+        results.append(_run_engine(pipelines[name], image, audio, out_dir / f"{name}.mp4"))
+    for r in results:
+        r.score = score_fields(the_scorer, r.output if r.status == "ok" else None, audio)
+
+    common = pipelines[names[0]].options
+    sbs, sbs_info, sbs_error = _side_by_side(results, audio, out_dir / SIDE_BY_SIDE, font_path, common, pipelines)
+    data = comparison_data(image, audio, results, sbs, sbs_info, sbs_error, common, the_scorer)
+    from .resources.cache import atomic_write_text
+
+    json_path, md_path = out_dir / COMPARISON_JSON, out_dir / COMPARISON_MD
+    atomic_write_text(json_path, json.dumps(data, indent=2, default=str) + "\n")
+    atomic_write_text(md_path, comparison_markdown(data))
+    return Comparison(out_dir, results, sbs, sbs_info, sbs_error, json_path, md_path, data)
+
+
+def _run_engine(pipeline, image: Path, audio: Path, output: Path) -> EngineResult:
+    engine = pipeline.engine
+    report_path = Path(pipeline.options.report)
+    result = EngineResult(engine.name, engine.display_name, "failed", report_path=report_path)
+    result.options = pipeline.engine_options.resolved().model_dump(mode="json", exclude_none=True)
+    try:
+        result.repo = pipeline.resources.registry.repo.url
+        result.commit = pipeline.resources.registry.repo.commit
+    except LipsyncError as exc:
+        log.debug("no registry for %s: %s", engine.name, exc)
+    started = time.monotonic()
+    wall_started = time.time()
+    try:
+        run = pipeline.run(image, audio, output)
+    except (Interrupted, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one engine failing must not stop the others
+        log.warning("%s failed: %s", engine.display_name, exc)
+        log.debug("%s failed", engine.name, exc_info=True)
+        result.wall_s = time.monotonic() - started
+        result.error = {"type": type(exc).__name__, "message": getattr(exc, "message", str(exc)), "hint": getattr(exc, "hint", None)}
+        temp = getattr(exc, "temp_dir", None)
+        result.error["temp_dir"] = str(temp) if temp else None
+        report = _fresh_report(report_path, wall_started)
+        if report:
+            result.timings = dict(report.get("timings") or {})
+            result.commit = (report.get("engine") or {}).get("commit") or result.commit
+        else:
+            result.report_path = None
+        return result
+    result.wall_s = time.monotonic() - started
+    result.status = "ok"
+    result.output = run.output
+    result.timings = dict(run.report.get("timings") or {})
+    result.commit = run.report["engine"].get("commit") or result.commit
+    result.repo = run.report["engine"].get("repo") or result.repo
+    result.media = run.report["output"].get("media")
+    return result
+
+
+def _fresh_report(path: Path, since: float) -> dict[str, Any] | None:
+    """The report a failed run wrote, not one an earlier run left."""
+    try:
+        if path.stat().st_mtime < since - 1:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _side_by_side(results: list[EngineResult], audio: Path, out: Path, font: Path, common: RunOptions, pipelines: dict):
+    from .media import find_ffmpeg, probe, run_ffmpeg_job
+    from .pipeline import temp_output_path
+
+    ok = [r for r in results if r.status == "ok" and r.output and r.media and (r.media.get("video") or {}).get("height")]
+    if not ok:
+        return None, None, {"type": "NoClips", "message": "no engine produced a video"}
+    heights = [r.media["video"]["height"] for r in ok]  # type: ignore[index]
+    height = min(heights) // 2 * 2
+    fps = next((r.media["video"].get("fps") for r in ok if r.media["video"].get("fps")), None) or common.fps  # type: ignore[index]
+    duration = _audio_duration(ok) or max(float(r.media.get("duration") or 0) for r in ok)  # type: ignore[union-attr]
+    clips = [Clip(r.output, r.display_name) for r in ok]  # type: ignore[arg-type]
+    ff = find_ffmpeg(os.environ.get("LIPSYNC_TOOL_FFMPEG"))
+    tmp = temp_output_path(out)
+    argv = side_by_side_argv(ff.path, clips, audio, tmp, height=height, fps=fps, duration=duration, font=font, crf=common.crf, preset=common.x264_preset)
+    try:
+        run_ffmpeg_job(argv, what="the side-by-side video", total_seconds=duration)
+        info = probe(tmp, ff=ff, measure=True)
+        os.replace(tmp, out)
+    except LipsyncError as exc:
+        log.warning("the side-by-side video failed: %s", exc)
+        return None, None, {"type": type(exc).__name__, "message": exc.message}
+    finally:
+        tmp.unlink(missing_ok=True)
+    info.path = str(out)
+    return out, info.to_dict(), None
+
+
+def _audio_duration(results: list[EngineResult]) -> float | None:
+    for r in results:
+        report = _fresh_report(r.report_path, 0) if r.report_path else None
+        d = ((report or {}).get("inputs") or {}).get("audio_info", {}).get("duration")
+        if d:
+            return float(d)
+    return None
+
+
+def comparison_data(image: Path, audio: Path, results: list[EngineResult], sbs: Path | None, sbs_info, sbs_error, common: RunOptions, scorer: Scorer | None) -> dict[str, Any]:
+    from .batch import result_options
+
+    v = (sbs_info or {}).get("video") or {}
+    return {
+        "tool": {"name": "lipsync-tool", "version": __version__, "python": sys.version.split()[0]},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "inputs": {"image": str(image), "audio": str(audio)},
+        "options": result_options(common.model_dump(mode="json")),
+        "scorer": scorer.name if scorer else None,
+        "engines": [r.to_json() for r in results],
+        "side_by_side": {
+            "path": str(sbs) if sbs else None,
+            "width": v.get("width"),
+            "height": v.get("height"),
+            "fps": v.get("fps"),
+            "duration": v.get("duration"),
+            "engines": [r.engine for r in results if r.status == "ok"],
+            "error": sbs_error,
+        },
+    }
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _seconds(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, (int, float)) else "–"
+
+
+def comparison_markdown(data: dict[str, Any]) -> str:
+    """``comparison.md``: one table row per engine."""
+    from .pipeline import STAGES
+
+    lines = [
+        "# Engine comparison",
+        "",
+        f"- image: `{data['inputs']['image']}`",
+        f"- audio: `{data['inputs']['audio']}`",
+        f"- side by side: `{data['side_by_side']['path']}`" if data["side_by_side"]["path"] else f"- side by side: not written ({data['side_by_side']['error']['message']})",
+        "",
+        "| Engine | Status | Commit | Options | " + " | ".join(f"{s} (s)" for s in STAGES) + " | Total (s) | Resolution | FPS | Duration (s) | LSE-C | LSE-D |",
+        "|" + "---|" * (4 + len(STAGES) + 6),
+    ]
+    for e in data["engines"]:
+        status = "ok" if e["status"] == "ok" else f"failed: {e['error']['message'].splitlines()[0] if e.get('error') else ''}"
+        opts = ", ".join(f"{k}={v}" for k, v in e["options"].items())
+        t = e["timings"]
+        row = [
+            e["engine"],
+            status,
+            f"`{e['commit'][:12]}`" if e.get("commit") else "–",
+            opts or "–",
+            *(_seconds(t.get(s)) for s in STAGES),
+            _seconds(e["wall_s"]),
+            e["resolution"] or "–",
+            f"{e['fps']:g}" if e.get("fps") else "–",
+            _seconds(e["duration"]),
+            e["lse_c"] if isinstance(e["lse_c"], str) else f"{e['lse_c']:.3f}",
+            e["lse_d"] if isinstance(e["lse_d"], str) else f"{e['lse_d']:.3f}",
+        ]
+        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
+    lines += ["", "LSE-C (higher is better) and LSE-D (lower is better) need a SyncNet-based scorer; \"not computed\" means none was available.", ""]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "NOT_COMPUTED",
+    "Clip",
+    "Comparison",
+    "EngineResult",
+    "Scorer",
+    "SyncScore",
+    "available_scorers",
+    "compare",
+    "find_font",
+    "register_scorer",
+    "side_by_side_graph",
+    "unregister_scorer",
+]
