@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 JOB_COLUMNS = ("image", "audio", "output", "engine")
 #: Run options the batch sets itself, per job.
 BATCH_OWNED = {"report": "the batch writes each job's report next to its output"}
+#: Run options that name a job's own output: a row may set them (relative to
+#: the out dir, unique across rows), the command line may not.
+PER_JOB_OUTPUTS = ("hls",)
 #: Run options that do not change the result, so a changed value does not
 #: make a finished job run again.  ``seed`` is compared only when set.
 VOLATILE_OPTIONS = frozenset(
@@ -516,9 +519,7 @@ def plan_batch(
     manifest resolve against its folder, relative outputs against *out_dir*.
     Engine options among the defaults apply to the rows whose engine has them.
     """
-    from pydantic import ValidationError
-
-    from .engines import engine_classes, get_engine, option_owner
+    from .engines import engine_classes, flag_of, get_engine, option_owner
     from .media import find_ffmpeg
 
     obs = observer or BatchObserver()
@@ -534,6 +535,10 @@ def plan_batch(
             raise UsageError("is not a run option", subject=key)
         if key in BATCH_OWNED:
             raise UsageError(f"cannot be a default in a batch: {BATCH_OWNED[key]}", subject=key)
+        if key in PER_JOB_OUTPUTS:
+            raise UsageError(
+                "would be the same folder for every job", subject="--" + key.replace("_", "-"), hint=f"Give each row its own folder in a {key} column instead."
+            )
 
     jobs_: list[BatchJob] = []
     per_job_problems: dict[int, list[Problem]] = {}
@@ -549,7 +554,7 @@ def plan_batch(
     for key in defaults:
         if key not in RunOptions.model_fields and jobs_ and not (set(option_owner(key)) & used_engines):
             owners = " and ".join(option_owner(key))
-            problems.append(Problem(0, key, f"is an option of the {owners} engine, and no row uses {'it' if ' and ' not in owners else 'them'}"))
+            problems.append(Problem(0, None, f"{flag_of(key)} is an option of the {owners} engine, and no row uses {'it' if ' and ' not in owners else 'them'}"))
 
     # Inputs: each distinct file is staged once, the way the pipeline will.
     ff = find_ffmpeg(Settings.from_env().ffmpeg)
@@ -664,7 +669,9 @@ def _build_job(row: Row, index: int, *, base: Path, out_dir: Path, defaults: dic
             problems.append(Problem(line, col, f"belongs to the {' and '.join(owners)} engine, not to {engine_name}" if owners else "is not a column or a run option"))
             continue
         value = coerce(info.annotation, raw)
-        if _takes_path(info, value) and isinstance(value, str):
+        if col in PER_JOB_OUTPUTS and isinstance(value, str):
+            value = _resolve(value, out_dir)
+        elif _takes_path(info, value) and isinstance(value, str):
             value = _resolve(value, base)
         values[col] = value
 
@@ -678,7 +685,7 @@ def _build_job(row: Row, index: int, *, base: Path, out_dir: Path, defaults: dic
             for err in exc.errors():
                 loc = err.get("loc") or ()
                 msg = err.get("msg", "")
-                msg = msg[len("Value error, ") :] if msg.startswith("Value error, ") else msg
+                msg = msg.removeprefix("Value error, ")
                 column = str(loc[0]) if loc else None
                 problems.append(Problem(line, column, f"{msg} (got {cells[column]!r})" if column in cells else msg))
             continue
@@ -713,6 +720,16 @@ def _cross_row_problems(jobs: list[BatchJob]) -> list[Problem]:
             first_report.setdefault(rep, job)
         if job.output in inputs:
             problems.append(Problem(job.line, "output", f"{job.output} is an input of line {inputs[job.output].line}"))
+    for key in PER_JOB_OUTPUTS:
+        first: dict[str, BatchJob] = {}
+        for job in jobs:
+            value = job.options.get(key)
+            if value is None:
+                continue
+            norm = os.path.normcase(str(value))
+            if norm in first:
+                problems.append(Problem(job.line, key, f"{value} is also the {key} folder of line {first[norm].line}"))
+            first.setdefault(norm, job)
     return problems
 
 
@@ -895,7 +912,7 @@ class _Runner:
             result = run.finish()
         except Interrupted:
             raise
-        except Exception as exc:  # noqa: BLE001 - a job's failure is recorded, the batch goes on
+        except Exception as exc:  # a job's failure is recorded, the batch goes on
             log.debug("job %d failed in finish()", job.index, exc_info=True)
             return self.failed(job, exc, run)
         return JobResult(job, "ok", None, dict(result.report.get("timings") or {}), self.elapsed(job), _media_summary(result.report["output"].get("media")))
@@ -905,7 +922,7 @@ class _Runner:
             return self.start(job), None
         except Interrupted:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # likewise
             log.debug("job %d failed in start()", job.index, exc_info=True)
             return None, exc
 
@@ -984,7 +1001,7 @@ class _Runner:
                     run.render()
                 except (Interrupted, KeyboardInterrupt):
                     raise
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # likewise
                     log.debug("job %d failed in render()", job.index, exc_info=True)
                     current = None
                     self.record(self.failed(job, exc, run))

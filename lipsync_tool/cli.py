@@ -134,6 +134,7 @@ class ConsoleObserver:
         "engine": "Running",
         "upscale": "Upscaling",
         "publish": "Publishing",
+        "hls": "Publishing HLS segments",
     }
 
     def __init__(self, enabled: bool | None = None, prefix: str = ""):
@@ -152,7 +153,7 @@ class ConsoleObserver:
         if not self.enabled:
             return
         label = self.prefix + self.LABELS.get(name, name) + (f" {detail}" if detail else "")
-        if name == "upscale":
+        if name in ("upscale", "hls"):
             self.current = _Bar(label, total=100, unit="%")
         elif name != "resources":
             self.current = _Bar(label)
@@ -162,7 +163,7 @@ class ConsoleObserver:
             self.current.set_postfix(line.strip())
 
     def progress(self, stage: str, fraction: float) -> None:
-        if self.current and stage == "upscale":
+        if self.current and stage in ("upscale", "hls"):
             self.current.set_fraction(fraction)
 
     def notice(self, title: str, text: str) -> None:
@@ -271,7 +272,7 @@ def _common_parameters() -> list[inspect.Parameter]:
     return [
         P("image", K, annotation=Annotated[Path, typer.Argument(help="The portrait (any common image format; a face video for Wav2Lip).", show_default=False)]),
         P("audio", K, annotation=Annotated[Path, typer.Argument(help="The speech (wav, mp3, m4a, flac, ogg/opus, or a video's audio track).", show_default=False)]),
-        P("output", K, annotation=Annotated[Path, typer.Argument(help="Where to write the video (.mp4, .mov or .mkv).", show_default=False)]),
+        P("output", K, default=None, annotation=Annotated[Optional[Path], typer.Argument(help="Where to write the video (.mp4, .mov or .mkv). May be left out with --hls.", show_default=False)]),
         opt("engine", str, "--engine", "-e", default="sadtalker", help="sadtalker or wav2lip (or an installed plug-in)."),
         opt("resolution", Optional[int], "--resolution", help="SadTalker's face size, 256 or 512 (Wav2Lip ignores it). (default: 256)", show_default=False),
         opt("device", Optional[str], "--device", help="auto, cpu, cuda or cuda:N. auto uses CUDA when torch sees a GPU. (default: auto)", show_default=False),
@@ -291,6 +292,9 @@ def _common_parameters() -> list[inspect.Parameter]:
         opt("overwrite", bool, "--overwrite", default=False, help="Replace OUTPUT if it exists.", rich_help_panel=OUTPUT),
         opt("report", Optional[Path], "--report", help="Also write the run report (JSON) here.", metavar="PATH", show_default=False, rich_help_panel=OUTPUT),
         opt("keep_temp", bool, "--keep-temp", default=False, help="Keep the run's temp dir (staged inputs, engine log, commands, raw output).", rich_help_panel=OUTPUT),
+        opt("chunk_seconds", Optional[float], "--chunk-seconds", help="Render long audio in chunks of about N s, cut at quiet points; 0 = off. (default: 45 for SadTalker, off for Wav2Lip)", metavar="N", show_default=False, rich_help_panel=OUTPUT),
+        opt("hls", Optional[Path], "--hls", help="Also (or instead of OUTPUT) write an HLS playlist and segments into DIR, published chunk by chunk.", metavar="DIR", show_default=False, rich_help_panel=OUTPUT),
+        opt("hls_segment_seconds", Optional[float], "--hls-segment-seconds", help="HLS segment length. (default: 5)", show_default=False, rich_help_panel=OUTPUT),
         opt("cache_dir", Optional[Path], "--cache-dir", envvar=ENV_CACHE, help="Cache for repositories and checkpoints. (default: the user cache dir)", show_default=False, rich_help_panel=RES),
         opt("offline", bool, "--offline", default=False, envvar=ENV_OFFLINE, help="Make no network request; fail if something is missing.", rich_help_panel=RES),
         opt("registry", Optional[Path], "--registry", envvar=ENV_REGISTRY, help="A TOML file overriding repository and checkpoint entries.", metavar="FILE", show_default=False, rich_help_panel=RES),
@@ -317,7 +321,10 @@ def do_run(**values: Any) -> int:
         observer.done()
     media = result.report["output"].get("media", {})
     v = media.get("video") or {}
-    out(f"Wrote {result.output} ({v.get('width')}x{v.get('height')}, {v.get('duration') or 0:.2f} s) in {time.monotonic() - started:.1f} s")
+    if result.output is not None:
+        out(f"Wrote {result.output} ({v.get('width')}x{v.get('height')}, {v.get('duration') or 0:.2f} s) in {time.monotonic() - started:.1f} s")
+    if result.hls is not None:
+        out(f"Wrote the HLS playlist {result.hls}")
     if result.temp_dir:
         out(f"Temp files kept in {result.temp_dir}:")
         for line in result.kept_files:

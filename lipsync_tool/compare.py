@@ -156,7 +156,7 @@ def find_font(explicit: str | os.PathLike | None = None, *, search_dirs: Sequenc
         if name in by_name:
             return by_name[name]
     if found:
-        return sorted(found)[0]
+        return min(found)
     raise DependencyError(
         "no font found for the engine labels of the side-by-side video",
         subject="font",
@@ -361,11 +361,9 @@ def compare(
     for kw in per_engine.values():
         if "report" in kw:
             raise UsageError("is set by compare: each engine's report goes to OUT_DIR/<engine>.report.json", subject="--report")
-    pipelines = {}
-    for name in names:
-        obs = observer_for(name) if observer_for else None
-        out_kw = {**per_engine[name], "report": out_dir / f"{name}.report.json"}
-        pipelines[name] = LipSyncPipeline(name, observer=obs, **out_kw)
+        if kw.get("hls") is not None:
+            raise UsageError("is not supported by compare (every engine would write the same folder)", subject="--hls")
+    pipelines = {name: LipSyncPipeline(name, **per_engine[name], report=out_dir / f"{name}.report.json") for name in names}
     font_path = find_font(font)
     the_scorer = default_scorer() if scorer == "auto" else scorer
     if the_scorer is not None and not isinstance(the_scorer, Scorer):
@@ -374,6 +372,8 @@ def compare(
 
     results: list[EngineResult] = []
     for name in names:
+        if observer_for is not None:  # asked for only now, so a display can show one engine at a time
+            pipelines[name].observer = observer_for(name)
         results.append(_run_engine(pipelines[name], image, audio, out_dir / f"{name}.mp4"))
     for r in results:
         r.score = score_fields(the_scorer, r.output if r.status == "ok" else None, audio)
@@ -405,7 +405,7 @@ def _run_engine(pipeline, image: Path, audio: Path, output: Path) -> EngineResul
         run = pipeline.run(image, audio, output)
     except (Interrupted, KeyboardInterrupt):
         raise
-    except Exception as exc:  # noqa: BLE001 - one engine failing must not stop the others
+    except Exception as exc:  # one engine failing must not stop the others
         log.warning("%s failed: %s", engine.display_name, exc)
         log.debug("%s failed", engine.name, exc_info=True)
         result.wall_s = time.monotonic() - started

@@ -35,6 +35,7 @@ from .errors import (
     Interrupted,
     LipsyncError,
     OutputPathError,
+    UsageError,
 )
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class RunResult:
     report: dict[str, Any]
     temp_dir: Path | None = None
     kept_files: list[str] = field(default_factory=list)
+    hls: Path | None = None
 
 
 def split_options(engine: Engine, values: dict[str, Any]) -> tuple[RunOptions, EngineOptions]:
@@ -130,15 +132,16 @@ class LipSyncPipeline:
 
     # -- the run -------------------------------------------------------------------------
 
-    def run(self, image: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike) -> RunResult:
-        """Validate, stage, render, upscale and publish one clip."""
+    def run(self, image: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike | None) -> RunResult:
+        """Validate, stage, render, upscale and publish one clip (OUTPUT may be
+        None when the options ask for ``hls`` only)."""
         job = self.start(image, audio, output)
         job.render()
         return job.finish()
 
-    def start(self, image: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike) -> Run:
+    def start(self, image: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike | None) -> Run:
         """Validate and stage the inputs (CPU only).  Then ``render()`` and ``finish()``."""
-        run = Run(self, Path(image), Path(audio), Path(output))
+        run = Run(self, Path(image), Path(audio), Path(output) if output is not None else None)
         run.stage()
         return run
 
@@ -160,7 +163,7 @@ class Run:
     interleave: ``stage()`` (CPU), ``render()`` (the engine: GPU) and
     ``finish()`` (CPU).  Any step that fails cleans up and raises."""
 
-    def __init__(self, pipeline: LipSyncPipeline, image: Path, audio: Path, output: Path):
+    def __init__(self, pipeline: LipSyncPipeline, image: Path, audio: Path, output: Path | None):
         self.p = pipeline
         self.engine = pipeline.engine
         self.opts = pipeline.options
@@ -170,11 +173,15 @@ class Run:
         self.seed = self.opts.seed if self.opts.seed is not None else random.randrange(2**31)
         self.ws: Workspace | None = None
         self.reached_engine = False
+        self.hls = None  # HlsOutput, with --hls
+        self.clips: list[Path] | None = None  # normalised chunk clips, when chunked
+        self.chunk_state = None
+        self.plan: list = [None]
         self.report: dict[str, Any] = {
             "tool": {"name": "lipsync-tool", "version": __version__, "python": sys.version.split()[0]},
             "engine": {"name": self.engine.name},
             "inputs": {"image": str(image), "audio": str(audio)},
-            "output": {"path": str(output)},
+            "output": {"path": str(output) if output is not None else None},
             "options": {
                 **self.opts.model_dump(mode="json"),
                 "seed": self.seed,
@@ -204,6 +211,12 @@ class Run:
     def _failed(self, exc: BaseException, info: dict) -> None:
         self.report["status"] = "failed"
         self.report["error"] = info
+        if self.hls is not None:
+            self.hls.fail(str(exc))
+            note = f"The HLS playlist {self.hls.playlist} stops after {self.hls.published_seconds:.2f} s and is marked as failed (no #EXT-X-ENDLIST)."
+            if isinstance(exc, LipsyncError):
+                exc.message += "\n" + note
+            self.report["hls"]["failed"] = note
         self._write_reports()
         # A failure inside the engine or later is worth debugging from the temp dir.
         if self.ws is not None and (self.reached_engine or self.opts.keep_temp):
@@ -220,7 +233,14 @@ class Run:
         with self._step():
             self.observer.stage("validate")
             with self.timer("validate"):
-                check_output_path(self.output, [self.image, self.audio], overwrite=self.opts.overwrite)
+                if self.output is None and self.opts.hls is None:
+                    raise UsageError("give an OUTPUT file, --hls DIR, or both", subject="OUTPUT")
+                if self.output is not None:
+                    check_output_path(self.output, [self.image, self.audio], overwrite=self.opts.overwrite)
+                if self.opts.hls is not None:
+                    from .hls import check_hls_dir
+
+                    check_hls_dir(Path(self.opts.hls), overwrite=self.opts.overwrite)
                 self.ff = find_ffmpeg(self.p.settings.ffmpeg)
                 self.report["tool"]["ffmpeg"] = {"path": self.ff.path, "version": self.ff.version, "source": self.ff.source}
                 self.ws = create_workspace()
@@ -271,7 +291,8 @@ class Run:
 
     # -- step 2: resources and the engine ---------------------------------------------------------
 
-    def render(self) -> Path:
+    def render(self) -> None:
+        """Make the engine ready, then render the clip, or its chunks one by one."""
         from .workspace import build_link_farm
 
         assert self.ws is not None
@@ -285,7 +306,7 @@ class Run:
                     self.report["installed"] = install_deps(self.engine, self.python, log_path=ws.root / "install.log")
             self.observer.stage("resources")
             with self.timer("resources"):
-                prepared = self.p.resources.ensure(self.p.engine_options, opts.resolution)
+                self.prepared = prepared = self.p.resources.ensure(self.p.engine_options, opts.resolution)
             self.report["engine"].update(
                 {
                     "repo": prepared.repo_url,
@@ -296,23 +317,112 @@ class Run:
             self.observer.stage("stage")
             with self.timer("stage"):
                 build_link_farm(prepared.repo_dir, ws.work, self.engine.entry_script, prepared.links())
-                job = Job(face=self.face_path, audio=ws.inputs / "audio.wav", face_is_video=self.face.is_video, fps=self.fps, resolution=opts.resolution, device=self.device, python=self.python)
                 for name, src in self.engine.staged_refs(self.p.engine_options).items():
                     from .media import stage_video
 
                     stage_video(Path(src), ws.inputs / f"{name}.mp4", self.ff)
-                command = self.engine.build_command(job, self.p.engine_options, ws)
-                env = self._engine_env(command.env, prepared)
-                (ws.root / "engine_command.txt").write_text(command.display() + "\n")
-                self.report["commands"] = {"engine": command.argv, "engine_cwd": str(command.cwd)}
+                self.plan = self._plan()
+            if self.opts.hls is not None:
+                from .hls import HlsOutput
+
+                self.hls = HlsOutput(self.ff, Path(self.opts.hls), self.opts.hls_segment_seconds, overwrite=self.opts.overwrite)
+                self.report["hls"] = {"playlist": str(self.hls.playlist)}
+                if not self.opts.remove_audio:
+                    self.hls.prepare_audio(self.audio, self.opts.upscale().audio_bitrate)
             self.reached_engine = True
-            self.observer.stage("engine", f"{self.engine.display_name} on {self.device}")
-            timeout = opts.timeout or _default_timeout(self.audio_check.duration, self.device)
-            self.report["engine"]["timeout_s"] = round(timeout, 1)
-            with self.timer("engine"):
-                self.raw = self._run_engine(command, env, timeout)
-            self.report["engine"]["raw_output"] = str(self.raw)
-        return self.raw
+            if len(self.plan) == 1:
+                self.raw = self._render_one(ws.inputs / "audio.wav", self.audio_check.duration, label=None)
+                self.report["engine"]["raw_output"] = str(self.raw)
+            else:
+                self._render_chunks()
+
+    def _plan(self):
+        from .chunking import plan_chunks, read_wav
+
+        seconds = self.opts.chunk_seconds if self.opts.chunk_seconds is not None else self.engine.default_chunk_seconds
+        if not seconds:
+            return [None]
+        samples, rate = read_wav(self.ws.inputs / "audio.wav")  # type: ignore[union-attr]
+        plan = plan_chunks(samples, rate, self.fps, seconds)
+        if len(plan) > 1:
+            self.report["chunks"] = [{"index": c.index, "start": round(c.start, 4), "end": round(c.end, 4), "frames": c.frames} for c in plan]
+        return plan if len(plan) > 1 else [None]
+
+    def _render_one(self, audio_wav: Path, seconds: float, *, label: str | None) -> Path:
+        assert self.ws is not None
+        ws = self.ws
+        job = Job(face=self.face_path, audio=audio_wav, face_is_video=self.face.is_video, fps=self.fps, resolution=self.opts.resolution, device=self.device, python=self.python)
+        command = self.engine.build_command(job, self.p.engine_options, ws)
+        env = self._engine_env(command.env, self.prepared)
+        with open(ws.root / "engine_command.txt", "a") as f:
+            f.write((f"# {label}\n" if label else "") + command.display() + "\n")
+        self.report.setdefault("commands", {}).setdefault("engine_runs", []).append(command.argv)
+        self.report["commands"]["engine"] = command.argv
+        self.report["commands"]["engine_cwd"] = str(command.cwd)
+        self.observer.stage("engine", f"{self.engine.display_name} on {self.device}" + (f", {label}" if label else ""))
+        timeout = self.opts.timeout or _default_timeout(seconds, self.device)
+        self.report["engine"]["timeout_s"] = round(timeout, 1)
+        with self.timer("engine"):
+            try:
+                return self._run_engine(command, env, timeout)
+            except LipsyncError as exc:
+                if label:
+                    exc.subject = label if exc.subject in (None, "face") else f"{label}: {exc.subject}"
+                raise
+
+    def _render_chunks(self) -> None:
+        """Render each chunk (reusing those a crashed run finished), normalise it
+        to its exact frame count, and publish its HLS segments right away."""
+        from .chunking import ChunkState, run_key, write_wav_slice
+        from .media import AudioSource, normalize_clip_argv, run_ffmpeg_job
+        from .resources.cache import Cache
+
+        assert self.ws is not None
+        ws = self.ws
+        key = run_key(
+            {
+                "engine": self.engine.name,
+                "commit": self.prepared.commit,
+                "checkpoints": sorted(f.sha256 for f in self.prepared.files),
+                "options": self.report["options"]["engine_options_resolved"],
+                "resolution": self.opts.resolution,
+                "fps": self.fps,
+                "image": self.report["inputs"]["image_sha256"],
+                "audio": self.report["inputs"]["audio_sha256"],
+                "seed": self.opts.seed,
+                "plan": self.report["chunks"],
+            }
+        )
+        state = ChunkState(Cache(self.p.settings.cache_dir).base / "chunks", key, self.plan, self.seed)
+        self.chunk_state = state
+        if state.seed != self.seed:
+            log.info("resuming a chunked run: using its seed %d", state.seed)
+            self.seed = state.seed
+            self.report["options"]["seed"] = state.seed
+        total = len(self.plan)
+        reused = []
+        for chunk in self.plan:
+            label = chunk.label(total)
+            if state.done(chunk):
+                reused.append(chunk.index)
+                log.info("%s: reusing the clip a previous run rendered", label)
+            else:
+                wav = ws.inputs / f"audio_chunk_{chunk.index:03d}.wav"
+                write_wav_slice(ws.inputs / "audio.wav", chunk, wav)
+                raw = self._render_one(wav, chunk.duration, label=label)
+                with self.timer("normalize"):
+                    run_ffmpeg_job(normalize_clip_argv(self.ff.path, raw, state.clip(chunk), self.fps, chunk.frames), what=f"normalising {label}")
+                raw.unlink(missing_ok=True)
+                state.mark_done(chunk)
+            if self.hls is not None:
+                self.observer.stage("hls", label)
+                with self.timer("hls"):
+                    up = self.opts.upscale().model_copy(update={"fps": self.fps})
+                    last = chunk.index == total - 1
+                    audio = self.hls.piece_audio(chunk.start, None if last else chunk.end) if not self.opts.remove_audio else None
+                    self.hls.publish(state.clip(chunk), audio, up, chunk.duration, start=chunk.start, on_progress=lambda f: self.observer.progress("hls", f))
+        self.report["chunks_reused"] = reused
+        self.clips = [state.clip(c) for c in self.plan]
 
     def _engine_env(self, extra: dict[str, str], prepared) -> dict[str, str]:
         from .engines.compat import compat_env
@@ -332,6 +442,7 @@ class Run:
 
         ws = self.ws
         assert ws is not None
+        offset = ws.log.stat().st_size if ws.log.exists() else 0
 
         def on_line(line: str) -> None:
             log.debug("[%s] %s", self.engine.name, line)
@@ -343,10 +454,10 @@ class Run:
             raise EngineTimeoutError(
                 f"{self.engine.display_name} ran past the timeout of {timeout:.0f} s and was stopped",
                 log_path=ws.log,
-                log_tail=tail_lines(_read_log(ws.log), 15),
-                hint="Raise --timeout, shorten the audio, or use a GPU.",
+                log_tail=tail_lines(_read_log(ws.log, offset), 15),
+                hint="Raise --timeout, shorten the audio (or use --chunk-seconds), or use a GPU.",
             ) from None
-        text = _read_log(ws.log)
+        text = _read_log(ws.log, offset)
         translated = self.engine.translate_error(text, result.returncode, ws)
         if result.returncode != 0:
             if translated is not None:
@@ -362,33 +473,53 @@ class Run:
     # -- step 3: upscale and publish ------------------------------------------------------------
 
     def finish(self) -> RunResult:
-        from .media import AudioSource, probe, run_ffmpeg_job, upscale_argv
+        from .media import AudioSource, concat_list, probe, run_ffmpeg_job, upscale_argv
 
         assert self.ws is not None
         ws, opts = self.ws, self.opts
-        tmp_out = temp_output_path(self.output)
+        up = opts.upscale().model_copy(update={"fps": self.fps})
+        duration = self.audio_check.duration if self.clips is None else sum(c.duration for c in self.plan)
+        tmp_out = temp_output_path(self.output) if self.output is not None else None
         try:
             with self._step():
-                self.observer.stage("upscale")
-                with self.timer("upscale"):
-                    up = opts.upscale().model_copy(update={"fps": self.fps})
-                    argv = upscale_argv(self.ff.path, self.raw, AudioSource(self.audio), tmp_out, up, self.audio_check.duration, fmt=output_format(self.output))
-                    (ws.root / "upscale_command.txt").write_text(_shell_join(argv) + "\n")
-                    self.report["commands"]["ffmpeg"] = argv
-                    run_ffmpeg_job(argv, what="the upscale", total_seconds=self.audio_check.duration, on_progress=lambda f: self.observer.progress("upscale", f))
-                self.observer.stage("publish")
-                with self.timer("publish"):
-                    info = probe(tmp_out, ff=self.ff, measure=True)
-                    check_published(info, self.audio_check.duration, remove_audio=opts.remove_audio, fps=self.fps)
-                    if self.output.exists() and not opts.overwrite:
-                        raise OutputPathError("appeared while the run was going; not overwriting it", subject=self.output, hint="Pass --overwrite to replace it.")
-                    os.replace(tmp_out, self.output)
-                    self.report["output"]["media"] = {**info.to_dict(), "path": str(self.output)}
+                if self.output is not None:
+                    assert tmp_out is not None
+                    self.observer.stage("upscale")
+                    with self.timer("upscale"):
+                        if self.clips is None:
+                            source, raw_input = self.raw, None
+                        else:
+                            source, raw_input = concat_list(self.clips, ws.root / "chunks.ffconcat"), {"f": "concat", "safe": 0}
+                        argv = upscale_argv(self.ff.path, source, AudioSource(self.audio), tmp_out, up, duration, fmt=output_format(self.output), raw_input=raw_input)
+                        (ws.root / "upscale_command.txt").write_text(_shell_join(argv) + "\n")
+                        self.report.setdefault("commands", {})["ffmpeg"] = argv
+                        run_ffmpeg_job(argv, what="the upscale", total_seconds=duration, on_progress=lambda f: self.observer.progress("upscale", f))
+                    self.observer.stage("publish")
+                    with self.timer("publish"):
+                        info = probe(tmp_out, ff=self.ff, measure=True)
+                        check_published(info, duration, remove_audio=opts.remove_audio, fps=self.fps)
+                        if self.output.exists() and not opts.overwrite:
+                            raise OutputPathError("appeared while the run was going; not overwriting it", subject=self.output, hint="Pass --overwrite to replace it.")
+                        os.replace(tmp_out, self.output)
+                        self.report["output"]["media"] = {**info.to_dict(), "path": str(self.output)}
+                if self.hls is not None:
+                    if self.clips is None:
+                        self.observer.stage("hls")
+                        with self.timer("hls"):
+                            audio = self.hls.piece_audio(0.0, None) if not opts.remove_audio else None
+                            self.hls.publish(self.raw, audio, up, duration, start=0.0, on_progress=lambda f: self.observer.progress("hls", f))
+                    self.hls.end()
+                    self.report["hls"]["commands"] = self.hls.commands
                 self.report["status"] = "ok"
                 self.report["temp_dir"] = str(ws.root) if opts.keep_temp else None
                 self._write_reports()
         finally:
-            tmp_out.unlink(missing_ok=True)
+            if tmp_out is not None:
+                tmp_out.unlink(missing_ok=True)
+        if self.chunk_state is not None:
+            if opts.keep_temp:
+                shutil.copytree(self.chunk_state.dir, ws.root / "chunks", dirs_exist_ok=True)
+            shutil.rmtree(self.chunk_state.dir, ignore_errors=True)
         kept: list[str] = []
         if opts.keep_temp:
             from .workspace import listing
@@ -396,7 +527,7 @@ class Run:
             kept = listing(ws.root)
         else:
             self._cleanup()
-        return RunResult(output=self.output, report=self.report, temp_dir=ws.root if opts.keep_temp else None, kept_files=kept)
+        return RunResult(output=self.output, report=self.report, temp_dir=ws.root if opts.keep_temp else None, kept_files=kept, hls=self.hls.playlist if self.hls else None)
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
@@ -426,9 +557,12 @@ def _default_timeout(audio_seconds: float, device) -> float:
     return default_timeout(audio_seconds, device)
 
 
-def _read_log(path: Path) -> str:
+def _read_log(path: Path, offset: int = 0) -> str:
+    """The engine log from *offset* on (one engine run's part of it)."""
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
 

@@ -22,8 +22,8 @@ from .cli import ConsoleObserver, _Bar, err, is_tty, out, setup_logging
 BATCH = "Batch options"
 COMPARE = "Compare options"
 #: Common options that make no sense for these commands.
-_NOT_FOR_BATCH = {"image", "audio", "output", "report"}
-_NOT_FOR_COMPARE = {"image", "audio", "output", "report", "engine"}
+_NOT_FOR_BATCH = {"image", "audio", "output", "report", "hls"}  # hls: per row (a column), never shared
+_NOT_FOR_COMPARE = {"image", "audio", "output", "report", "engine", "hls", "hls_segment_seconds"}
 
 
 def add_commands(app: typer.Typer, *, common: Callable[[], list[inspect.Parameter]], engine_params: Callable[[], list[inspect.Parameter]], guard: Callable[..., None]) -> None:
@@ -106,8 +106,9 @@ class ConsoleBatchObserver:
         self.check_bar: _Bar | None = None
         self.bar = None
         self._setup: dict[str, ConsoleObserver] = {}
-        self._observers: list[ConsoleObserver] = []
+        self._observers: dict[int, ConsoleObserver] = {}
         self._lock = threading.Lock()
+        self.engine_job: int | None = None
 
     def say(self, text: str) -> None:
         if self.bar is not None:
@@ -149,12 +150,14 @@ class ConsoleBatchObserver:
         if self.parallel:
             return _StatusObserver(self, job)
         obs = ConsoleObserver(self.enabled, prefix=f"[{job.index}] {job.name}: ")
-        self._observers.append(obs)
+        self._observers[job.index] = obs
         return obs
 
     def job_started(self, job) -> None: ...
 
     def job_finished(self, result) -> None:
+        if (obs := self._observers.pop(result.job.index, None)) is not None:
+            obs.done()
         if self.bar is not None:
             self.bar.update(1)
         if result.status == "failed" and result.error:
@@ -162,7 +165,7 @@ class ConsoleBatchObserver:
             self.say(f"Job {result.job.index} ({result.job.name}, line {result.job.line}) failed: {first[0] if first else result.error.get('type')}")
 
     def done(self) -> None:
-        for obs in [*self._observers, *self._setup.values()]:
+        for obs in [*self._observers.values(), *self._setup.values()]:
             obs.done()
         if self.check_bar:
             self.check_bar.close()
@@ -178,8 +181,14 @@ class _StatusObserver:
         self.parent, self.job = parent, job
 
     def stage(self, name: str, detail: str = "") -> None:
-        if name == "engine" and self.parent.bar is not None:
-            self.parent.bar.set_postfix_str(f"engine: {self.job.name}", refresh=False)
+        bar = self.parent.bar
+        if bar is None:
+            return
+        if name == "engine":
+            self.parent.engine_job = self.job.index
+            bar.set_postfix_str(f"engine: {self.job.name}", refresh=False)
+        elif name == "upscale" and self.parent.engine_job == self.job.index:
+            bar.set_postfix_str("", refresh=False)
 
     def engine_line(self, line: str) -> None:
         if self.parent.bar is not None:
@@ -271,6 +280,8 @@ def do_compare(values: dict[str, Any], defaults: dict[str, Any]) -> int:
     observers: list[ConsoleObserver] = []
 
     def observer_for(name: str) -> ConsoleObserver:
+        for previous in observers:  # the engine before has finished
+            previous.done()
         obs = ConsoleObserver(prefix=f"[{name}] ")
         observers.append(obs)
         return obs

@@ -194,6 +194,8 @@ class Engine(ABC):
     uses_resolution: ClassVar[bool] = False
     #: Whether upstream renders at --fps natively (otherwise the upscale converts).
     native_fps: ClassVar[bool] = False
+    #: --chunk-seconds when the user gives none (None: long audio stays whole).
+    default_chunk_seconds: ClassVar[float | None] = None
 
     def checkpoint(self, name: str) -> CheckpointSpec:
         for spec in self.checkpoints:

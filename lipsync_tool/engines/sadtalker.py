@@ -276,6 +276,8 @@ class SadTalker(Engine):
     checkpoints = CHECKPOINTS
     licence_notice = LICENCE
     uses_resolution = True
+    #: A popular SadTalker front end renders long audio in 45 s pieces to avoid drift and OOM.
+    default_chunk_seconds = 45.0
     #: basicsr, facexlib, gfpgan and realesrgan go last, without build isolation
     #: (basicsr's setup.py imports torch) and without their declared dependencies:
     #: those name opencv-python, whose GUI build would overwrite the headless cv2

@@ -22,6 +22,7 @@ class FakeOptions(EngineOptions):
     )
     fake_extra_seconds: float = Field(0.0, json_schema_extra=field_cli("--fake-extra-seconds", help="Render this much longer than the audio."))
     fake_sleep: float = Field(0.0, ge=0, json_schema_extra=field_cli("--fake-sleep", help="Seconds the fake engine sleeps before rendering."))
+    fake_fail_on_run: int = Field(0, ge=0, json_schema_extra=field_cli("--fake-fail-on-run", help="Crash on the N-th invocation (counted in $FAKE_ENGINE_COUNTER)."))
 
 
 def _repo() -> RepoSpec:
@@ -78,6 +79,8 @@ class FakeEngine(Engine):
             argv += ["--extra_seconds", format_number(options.fake_extra_seconds)]
         if options.fake_sleep:
             argv += ["--sleep", format_number(options.fake_sleep)]
+        if options.fake_fail_on_run:
+            argv += ["--fail_on_run", str(options.fake_fail_on_run)]
         return Command(argv, ws.work, job.device.env())
 
     def find_output(self, ws: Workspace, log_text: str) -> Path:

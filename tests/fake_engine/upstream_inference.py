@@ -21,7 +21,14 @@ p.add_argument("--size", type=int, default=256)
 p.add_argument("--mode", default="ok")
 p.add_argument("--extra_seconds", type=float, default=0.0)
 p.add_argument("--sleep", type=float, default=0.0)
+p.add_argument("--fail_on_run", type=int, default=0)
 args = p.parse_args()
+
+counter = os.environ.get("FAKE_ENGINE_COUNTER")
+run_number = 0
+if counter:  # counts invocations, so a test can make one particular run fail
+    run_number = (int(open(counter).read()) if os.path.exists(counter) else 0) + 1
+    open(counter, "w").write(str(run_number))
 
 trace = os.environ.get("FAKE_ENGINE_TRACE")
 if trace:  # lets tests see when engine runs overlap
@@ -35,7 +42,7 @@ print("seed", os.environ.get("LIPSYNC_TOOL_SEED"))
 os.makedirs("temp", exist_ok=True)
 open("temp/written_by_engine.txt", "w").write("relative writes land in the run's work dir\n")
 
-if args.mode == "crash":
+if args.mode == "crash" or (args.fail_on_run and run_number == args.fail_on_run):
     print("Traceback (most recent call last):")
     print('  File "inference.py", line 1, in <module>')
     print("RuntimeError: the fake engine crashed on purpose", file=sys.stderr)

@@ -5,11 +5,25 @@ standalone (the engine may run in another interpreter, without lipsync-tool
 installed).  Only the engine's subprocess gets ``site/`` on its PYTHONPATH, so
 nothing is patched in this process.  Each shim patches only when the installed
 library needs it, is idempotent, and logs at DEBUG to the engine log.
+
+The shims, one per breakage (``site/lipsync_shims.py`` has the details):
+
+* librosa >= 0.10: ``filters.mel(sr, n_fft, ...)`` by position (Wav2Lip);
+* numpy >= 1.24 / 2.0: ``np.int``, ``np.float``, … and ``np.VisibleDeprecationWarning``;
+* numpy >= 1.24: SadTalker's ragged ``trans_params`` in ``src/face3d/util/preprocess.py``;
+* torchvision >= 0.17: ``torchvision.transforms.functional_tensor`` (basicsr);
+* Pillow >= 10: ``Image.ANTIALIAS``;
+* OpenCV >= 4.6: ``cv2.cv2``;
+* torch >= 2.6: ``torch.load``'s ``weights_only`` default, relaxed for trusted files only;
+
+plus seeding (``LIPSYNC_TOOL_SEED``) and serving verified local files for URLs
+upstream would download at run time (``LIPSYNC_TOOL_URL_MAP``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -21,13 +35,30 @@ ENV_URL_MAP = "LIPSYNC_TOOL_URL_MAP"
 ENV_SHIM_LOG = "LIPSYNC_TOOL_SHIM_DEBUG"
 
 
-def compat_env(pythonpath: str, *, seed: int | None, trusted: list[str], url_map: dict[str, str]) -> dict[str, str]:
-    """Environment for an engine process: the shims first on PYTHONPATH."""
+def compat_env(
+    pythonpath: str,
+    *,
+    seed: int | None,
+    trusted: list[str],
+    url_map: dict[str, str],
+    debug: bool | None = None,
+) -> dict[str, str]:
+    """Environment for an engine process: the shims first on PYTHONPATH.
+
+    *debug* sends the shims' log to the engine log; by default it follows
+    whether lipsync-tool itself logs at DEBUG (an explicit
+    ``LIPSYNC_TOOL_SHIM_DEBUG`` in the environment is left alone).
+    """
+    parts = [str(SITE_DIR)] + [p for p in pythonpath.split(os.pathsep) if p and Path(p) != SITE_DIR]
     env = {
-        "PYTHONPATH": os.pathsep.join(p for p in (str(SITE_DIR), pythonpath) if p),
-        ENV_TRUSTED: json.dumps(sorted(set(trusted))),
+        "PYTHONPATH": os.pathsep.join(parts),
+        ENV_TRUSTED: json.dumps(sorted({os.path.realpath(p) for p in trusted})),
         ENV_URL_MAP: json.dumps(url_map),
     }
     if seed is not None:
         env[ENV_SEED] = str(seed)
+    if debug is None:
+        debug = logging.getLogger("lipsync_tool").isEnabledFor(logging.DEBUG) or None
+    if debug is not None:
+        env[ENV_SHIM_LOG] = "1" if debug else "0"
     return env

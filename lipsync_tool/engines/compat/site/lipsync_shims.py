@@ -150,31 +150,37 @@ NUMPY_ALIASES = {
 }
 
 
+def _numpy_has(np, name: str) -> bool:
+    """Whether numpy still provides *name* (directly, lazily or with a warning)."""
+    if name in np.__dict__:
+        return True
+    import warnings
+
+    with warnings.catch_warnings():
+        # numpy's module __getattr__ warns about some removed names before it raises
+        warnings.simplefilter("ignore")
+        try:
+            getattr(np, name)
+        except AttributeError:
+            return False
+    return True
+
+
 def shim_numpy(np) -> None:
     """Restore the builtin-type aliases numpy removed, and
     ``np.VisibleDeprecationWarning`` (moved to ``np.exceptions`` in 2.0)."""
     restored = []
     for name, value in NUMPY_ALIASES.items():
-        if name in np.__dict__:
-            continue
-        try:
-            getattr(np, name)
-            continue  # numpy still provides it (lazily or with a warning)
-        except AttributeError:
-            pass
-        setattr(np, name, value)
-        restored.append(name)
+        if not _numpy_has(np, name):
+            setattr(np, name, value)
+            restored.append(name)
     if restored:
         _note(f"numpy {np.__version__}: restored np.{', np.'.join(restored)}")
-    if "VisibleDeprecationWarning" not in np.__dict__:
-        try:
-            getattr(np, "VisibleDeprecationWarning")
-        except AttributeError:
-            exceptions = getattr(np, "exceptions", None)
-            cls = getattr(exceptions, "VisibleDeprecationWarning", None)
-            if cls is not None:
-                np.VisibleDeprecationWarning = cls
-                _note(f"numpy {np.__version__}: np.VisibleDeprecationWarning = np.exceptions.VisibleDeprecationWarning")
+    if not _numpy_has(np, "VisibleDeprecationWarning"):
+        cls = getattr(getattr(np, "exceptions", None), "VisibleDeprecationWarning", None)
+        if cls is not None:
+            np.VisibleDeprecationWarning = cls
+            _note(f"numpy {np.__version__}: np.VisibleDeprecationWarning = np.exceptions.VisibleDeprecationWarning")
     seed = seed_value()
     if seed is not None and not getattr(np.random, "_lipsync_seeded", False):
         np.random.seed(seed % 2**32)
