@@ -10,15 +10,16 @@ that no heavy module (torch, cv2, librosa, git, numpy, PIL) was imported.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import emit, machine  # noqa: E402
 
 HEAVY = ("torch", "cv2", "librosa", "git", "numpy", "PIL", "requests", "dlib")
 
@@ -50,16 +51,13 @@ def main() -> None:
     result = {
         "benchmark": "CLI cold start",
         "command": f"python benchmarks/bench_cli_startup.py --repeat {args.repeat}",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "results": summary,
         "heavy_modules_imported_by_cli": loaded.split(",") if loaded else [],
         "target": "lipsync-tool --help median < 0.5 s; no heavy module imported",
     }
     result["pass"] = summary["lipsync-tool --help"]["median_s"] < 0.5 and not loaded
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -28,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import emit, machine  # noqa: E402
 
 from lipsync_tool.engines.base import CheckpointSpec  # noqa: E402
 from lipsync_tool.resources.cache import Cache  # noqa: E402
@@ -99,7 +100,7 @@ def main() -> None:
     result = {
         "benchmark": f"download {mib} MiB over loopback (sendfile server), verified",
         "command": f"python benchmarks/bench_download.py --mib {mib} --repeat {args.repeat}",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "curl_seconds": [round(x, 3) for x in curl_t],
         "lipsync_tool_seconds": [round(x, 3) for x in tool_t],
         "curl_MiB_per_s": round(mib / c, 1),
@@ -108,10 +109,7 @@ def main() -> None:
         "target": "ratio_vs_curl >= 0.8 (lipsync-tool also hashes, checks and fsyncs)",
     }
     result["pass"] = result["ratio_vs_curl"] >= 0.8
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

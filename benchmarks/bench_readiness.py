@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import emit, machine  # noqa: E402
 
 from lipsync_tool.engines import get_engine, make_options  # noqa: E402
 from lipsync_tool.resources import cache as cache_mod  # noqa: E402
@@ -92,17 +93,14 @@ def main() -> None:
     result = {
         "benchmark": f"warm-cache readiness over {total / 1e9:.2f} GB of checkpoints + a pinned clone",
         "command": f"python benchmarks/bench_readiness.py --repeat {args.repeat}",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "seconds": [round(x, 4) for x in times],
         "median_s": round(statistics.median(times), 4),
         "files_rehashed": hashed["files"],
         "target": "< 1 s, no re-hashing",
     }
     result["pass"] = result["median_s"] < 1 and hashed["files"] == 0
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

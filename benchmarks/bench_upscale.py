@@ -12,9 +12,7 @@ ffmpeg, and >= 2x real time (50 frames/s at 25 fps) on 2 cores.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,6 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import emit, machine  # noqa: E402
 
 from lipsync_tool.config import UpscaleOptions  # noqa: E402
 from lipsync_tool.media import AudioSource, find_ffmpeg, run_ffmpeg_job, upscale_argv  # noqa: E402
@@ -74,7 +75,7 @@ def main() -> None:
     result = {
         "benchmark": "upscale 10 s of 512x512 @25 fps to 1080p (bicubic, libx264 crf 18 preset medium, AAC)",
         "command": "python benchmarks/bench_upscale.py --repeat %d" % args.repeat,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), "ffmpeg": ff.version},
+        "machine": machine(ffmpeg=ff.version),
         "lipsync_tool_seconds": [round(x, 3) for x in tool_times],
         "raw_ffmpeg_seconds": [round(x, 3) for x in raw_times],
         "lipsync_tool_fps": round(frames / tool, 1),
@@ -84,10 +85,7 @@ def main() -> None:
         "targets": {"speed_vs_raw_ffmpeg": ">= 0.95", "realtime_factor": ">= 2.0"},
     }
     result["pass"] = result["speed_vs_raw_ffmpeg"] >= 0.95 and result["realtime_factor"] >= 2.0
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -374,7 +374,7 @@ class Run:
         """Render each chunk (reusing those a crashed run finished), normalise it
         to its exact frame count, and publish its HLS segments right away."""
         from .chunking import ChunkState, run_key, write_wav_slice
-        from .media import AudioSource, normalize_clip_argv, run_ffmpeg_job
+        from .media import normalize_clip_argv, run_ffmpeg_job
         from .resources.cache import Cache
 
         assert self.ws is not None
