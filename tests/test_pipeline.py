@@ -254,7 +254,7 @@ def test_python_api_returns_result_with_report(fake_engine, media, tmp_path):
     result = LipSyncPipeline(engine="fake", no_upscale=True, fake_mode="ok").run(media.portrait(), media.audio(seconds=0.8), out)
     assert result.output == out and out.is_file()
     assert result.report["status"] == "ok"
-    assert result.report["options"]["engine_options"] == {"fake_mode": "ok", "fake_extra_seconds": 0.0, "fake_sleep": 0.0}
+    assert result.report["options"]["engine_options"]["fake_mode"] == "ok"
 
 
 def test_webp_and_uppercase_extension_are_accepted(fake_engine, media, cli, tmp_path):
