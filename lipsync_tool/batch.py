@@ -394,9 +394,7 @@ class ResourceGroup:
     settings: Settings
     resources: Any = None  # EngineResources, made by plan_batch
     commit: str | None = None
-    prepared: bool = False
-    error: LipsyncError | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # spent preparing it
 
     @property
     def key(self) -> tuple:
@@ -870,16 +868,9 @@ class _Runner:
 
     def failed(self, job: BatchJob, exc: BaseException, run=None) -> JobResult:
         timings: dict[str, float] = {}
-        if run is not None:
-            timings = dict(run.report.get("timings") or {})
-        else:  # start() failed before handing back its Run: read what it reported
-            report = load_report(job.report_path)
-            try:
-                fresh = job.report_path.stat().st_mtime >= self._wall0.get(job.index, float("inf")) - 1
-            except OSError:
-                fresh = False
-            if report and fresh and report.get("status") == "failed":
-                timings = dict(report.get("timings") or {})
+        report = run.report if run is not None else getattr(exc, "report", None)
+        if report:
+            timings = dict(report.get("timings") or {})
         return JobResult(job, "failed", _error_info(exc), timings, self.elapsed(job))
 
     def elapsed(self, job: BatchJob) -> float:
@@ -896,15 +887,15 @@ class _Runner:
         self.obs.job_started(job)
         job.output.parent.mkdir(parents=True, exist_ok=True)
         assert job.group is not None
-        pipeline = LipSyncPipeline(job.engine, resources=job.group.resources, observer=self.obs.job_observer(job), **job.pipeline_kwargs())
+        kwargs = job.pipeline_kwargs()
         # Resolving the device probes torch in a subprocess: do it once per (device, interpreter).
-        # TODO(pipeline): a public way to share the decision; _device is private.
-        key = (pipeline.options.device, str(pipeline.options.python))
-        if key in self._devices and hasattr(pipeline, "_device"):
-            pipeline._device = self._devices[key]
+        key = (kwargs.get("device", "auto"), str(kwargs.get("python")))
+        pipeline = LipSyncPipeline(
+            job.engine, resources=job.group.resources, observer=self.obs.job_observer(job), device_decision=self._devices.get(key), **kwargs
+        )
         run = pipeline.start(job.image, job.audio, job.output)
-        if getattr(pipeline, "_device", None) is not None:
-            self._devices.setdefault(key, pipeline._device)
+        if pipeline.device_decision is not None:
+            self._devices.setdefault(key, pipeline.device_decision)
         return run
 
     def finish(self, job: BatchJob, run) -> JobResult:
@@ -937,39 +928,30 @@ class _Runner:
             needed += tuple(sorted(job.group.resources.engine.user_files(job.engine_options)))
             needs.setdefault((job.group.key, needed), []).append(job)
         for (gkey, _), jobs in needs.items():
+            if self.stop:
+                return
             group = self.plan.groups[gkey]
-            if self.stop or group.error is not None:
-                continue
             first = jobs[0]
             assert first.run_options is not None
             started = time.monotonic()
             try:
                 group.resources.ensure(first.engine_options, first.run_options.resolution)
             except LipsyncError as exc:
-                group.error = exc
+                # Its jobs fail without being staged (record() stops a --fail-fast batch).
                 log.warning("could not prepare %s: %s", group.engine, exc)
-                if self.fail_fast:
-                    self.stop = True
+                for job in jobs:
+                    self.record(JobResult(job, "failed", _error_info(exc), note="engine setup failed"))
             finally:
                 group.seconds += time.monotonic() - started
-            group.prepared = group.error is None
 
     def run(self, todo: list[BatchJob]) -> None:
-        pending = deque(todo)
+        pending = deque(j for j in todo if j.index not in self.results)
         staged: deque[tuple[BatchJob, Future]] = deque()
         finishing: list[Future] = []
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="batch-cpu") if self.workers else None
 
         def next_job() -> BatchJob | None:
-            # A job whose engine could not be prepared fails without being staged.
-            while pending:
-                job = pending.popleft()
-                assert job.group is not None
-                if job.group.error is not None:
-                    self.record(JobResult(job, "failed", _error_info(job.group.error), note="engine setup failed"))
-                    continue
-                return job
-            return None
+            return pending.popleft() if pending else None
 
         def top_up() -> None:
             while pool and not self.stop and len(staged) < self.workers:
@@ -1028,21 +1010,14 @@ class _Runner:
             # Jobs staged but never rendered hold a temp dir each.
             for job, fut in staged:
                 if fut.done() and not fut.cancelled():
-                    run, _ = fut.result()
+                    run, exc = fut.result()
                     if run is not None:
-                        _discard(run)
+                        run.discard()
+                    elif exc is not None:
+                        self.record(self.failed(job, exc))
             for job in [*(j for j, _ in staged), *pending]:
                 if job.index not in self.results:
                     self.record(JobResult(job, "not_run", note="interrupted" if self.interrupted else "stopped after a failure (--fail-fast)"), notify=False)
-
-
-def _discard(run) -> None:
-    """Remove a staged run's temp dir.  TODO(pipeline): a public ``Run.discard()``."""
-    import shutil
-
-    ws = getattr(run, "ws", None)
-    if ws is not None and not run.opts.keep_temp:
-        shutil.rmtree(ws.root, ignore_errors=True)
 
 
 def run_batch(plan: BatchPlan, *, jobs: int = 1, fail_fast: bool = False, observer: BatchObserver | None = None) -> BatchResult:

@@ -56,8 +56,18 @@ class DefaultRunGroup(TyperGroup):
 # -- output helpers (the only place that prints) -------------------------------------------
 
 
+#: Progress bars on screen; text printed meanwhile goes through tqdm.write so
+#: it lands above them instead of through them.
+_ACTIVE_BARS = 0
+
+
 def err(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    if _ACTIVE_BARS:
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr, flush=True)
 
 
 def out(text: str = "") -> None:
@@ -96,6 +106,9 @@ class _Bar:
     def __init__(self, desc: str, total: float | None = None, unit: str = "it", bytes_: bool = False, initial: int = 0):
         from tqdm import tqdm
 
+        global _ACTIVE_BARS
+        _ACTIVE_BARS += 1
+        self._closed = False
         fmt = None if total else "{desc} {elapsed} {postfix}"
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit="B" if bytes_ else unit, unit_scale=bytes_, unit_divisor=1024 if bytes_ else 1000, bar_format=fmt, leave=False, dynamic_ncols=True, file=sys.stderr)
         self._stop = threading.Event()
@@ -119,6 +132,10 @@ class _Bar:
         self.bar.refresh()
 
     def close(self) -> None:
+        global _ACTIVE_BARS
+        if not self._closed:
+            self._closed = True
+            _ACTIVE_BARS -= 1
         self._stop.set()
         self.bar.close()
 
@@ -185,9 +202,19 @@ class ConsoleObserver:
         self._close()
 
 
+class _ConsoleHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (and above progress bars)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            err(self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
 def setup_logging(level: str) -> None:
     level = level.upper()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _ConsoleHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if level != "DEBUG" else "%(asctime)s %(name)s %(levelname)s: %(message)s"))
     root = logging.getLogger("lipsync_tool")
     root.handlers[:] = [handler]
@@ -303,9 +330,10 @@ def _common_parameters() -> list[inspect.Parameter]:
 
 
 def _pipeline_kwargs(values: dict[str, Any]) -> dict[str, Any]:
-    """CLI values → LipSyncPipeline keywords (unset options dropped)."""
+    """CLI values → LipSyncPipeline keywords.  Unset options (None) are
+    dropped; False stays, since ``--no-still`` means something."""
     skip = {"image", "audio", "output", "engine", "log_level"}
-    return {k: v for k, v in values.items() if k not in skip and v is not None and v is not False}
+    return {k: v for k, v in values.items() if k not in skip and v is not None}
 
 
 def do_run(**values: Any) -> int:
@@ -362,7 +390,7 @@ def do_setup(values: dict[str, Any]) -> int:
     engine = values.pop("engine")
     install = values.pop("install_deps")
     python = values.pop("python", None)
-    pipeline = LipSyncPipeline(engine, observer=observer, **{k: v for k, v in values.items() if v is not None and v is not False})
+    pipeline = LipSyncPipeline(engine, observer=observer, **{k: v for k, v in values.items() if v is not None})
     try:
         installed: list[str] = []
         if install:

@@ -29,7 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from . import __version__
 from .config import RunOptions
-from .errors import DependencyError, Interrupted, LipsyncError, UsageError
+from .errors import DependencyError, Interrupted, LipsyncError, OutputPathError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +248,7 @@ class EngineResult:
     media: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     score: dict[str, Any] = field(default_factory=dict)
+    audio_duration: float | None = None  # of the staged input audio, from the run report
 
     def to_json(self) -> dict[str, Any]:
         v = (self.media or {}).get("video") or {}
@@ -364,6 +365,12 @@ def compare(
         if kw.get("hls") is not None:
             raise UsageError("is not supported by compare (every engine would write the same folder)", subject="--hls")
     pipelines = {name: LipSyncPipeline(name, **per_engine[name], report=out_dir / f"{name}.report.json") for name in names}
+    if not pipelines[names[0]].options.overwrite:
+        existing = [p for p in [*(out_dir / f"{n}.mp4" for n in names), out_dir / SIDE_BY_SIDE] if p.exists()]
+        if existing:
+            raise OutputPathError(
+                "already holds " + ", ".join(p.name for p in existing), subject=out_dir, hint="Pass --overwrite to replace them, or choose another OUT_DIR."
+            )
     font_path = find_font(font)
     the_scorer = default_scorer() if scorer == "auto" else scorer
     if the_scorer is not None and not isinstance(the_scorer, Scorer):
@@ -379,7 +386,7 @@ def compare(
         r.score = score_fields(the_scorer, r.output if r.status == "ok" else None, audio)
 
     common = pipelines[names[0]].options
-    sbs, sbs_info, sbs_error = _side_by_side(results, audio, out_dir / SIDE_BY_SIDE, font_path, common, pipelines)
+    sbs, sbs_info, sbs_error = _side_by_side(results, audio, out_dir / SIDE_BY_SIDE, font_path, common)
     data = comparison_data(image, audio, results, sbs, sbs_info, sbs_error, common, the_scorer)
     from .resources.cache import atomic_write_text
 
@@ -400,7 +407,6 @@ def _run_engine(pipeline, image: Path, audio: Path, output: Path) -> EngineResul
     except LipsyncError as exc:
         log.debug("no registry for %s: %s", engine.name, exc)
     started = time.monotonic()
-    wall_started = time.time()
     try:
         run = pipeline.run(image, audio, output)
     except (Interrupted, KeyboardInterrupt):
@@ -412,8 +418,9 @@ def _run_engine(pipeline, image: Path, audio: Path, output: Path) -> EngineResul
         result.error = {"type": type(exc).__name__, "message": getattr(exc, "message", str(exc)), "hint": getattr(exc, "hint", None)}
         temp = getattr(exc, "temp_dir", None)
         result.error["temp_dir"] = str(temp) if temp else None
-        report = _fresh_report(report_path, wall_started)
+        report = getattr(exc, "report", None)
         if report:
+            result.audio_duration = ((report.get("inputs") or {}).get("audio_info") or {}).get("duration")
             result.timings = dict(report.get("timings") or {})
             result.commit = (report.get("engine") or {}).get("commit") or result.commit
         else:
@@ -423,24 +430,14 @@ def _run_engine(pipeline, image: Path, audio: Path, output: Path) -> EngineResul
     result.status = "ok"
     result.output = run.output
     result.timings = dict(run.report.get("timings") or {})
+    result.audio_duration = ((run.report.get("inputs") or {}).get("audio_info") or {}).get("duration")
     result.commit = run.report["engine"].get("commit") or result.commit
     result.repo = run.report["engine"].get("repo") or result.repo
     result.media = run.report["output"].get("media")
     return result
 
 
-def _fresh_report(path: Path, since: float) -> dict[str, Any] | None:
-    """The report a failed run wrote, not one an earlier run left."""
-    try:
-        if path.stat().st_mtime < since - 1:
-            return None
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _side_by_side(results: list[EngineResult], audio: Path, out: Path, font: Path, common: RunOptions, pipelines: dict):
+def _side_by_side(results: list[EngineResult], audio: Path, out: Path, font: Path, common: RunOptions):
     from .media import find_ffmpeg, probe, run_ffmpeg_job
     from .pipeline import temp_output_path
 
@@ -469,12 +466,7 @@ def _side_by_side(results: list[EngineResult], audio: Path, out: Path, font: Pat
 
 
 def _audio_duration(results: list[EngineResult]) -> float | None:
-    for r in results:
-        report = _fresh_report(r.report_path, 0) if r.report_path else None
-        d = ((report or {}).get("inputs") or {}).get("audio_info", {}).get("duration")
-        if d:
-            return float(d)
-    return None
+    return next((float(r.audio_duration) for r in results if r.audio_duration), None)
 
 
 def comparison_data(image: Path, audio: Path, results: list[EngineResult], sbs: Path | None, sbs_info, sbs_error, common: RunOptions, scorer: Scorer | None) -> dict[str, Any]:

@@ -21,6 +21,8 @@ class LipsyncError(Exception):
         self.hint = hint
         #: The run's temp dir, kept for debugging, when the failure left one.
         self.temp_dir: Path | None = None
+        #: The run report at the time of the failure (set by the pipeline).
+        self.report: dict | None = None
 
     def __str__(self) -> str:
         return f"{self.subject}: {self.message}" if self.subject else self.message

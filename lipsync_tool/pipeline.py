@@ -101,7 +101,7 @@ class _Timer:
 class LipSyncPipeline:
     """One configured engine plus options; ``run()`` may be called many times."""
 
-    def __init__(self, engine: str = "sadtalker", *, observer: Observer | None = None, downloader=None, resources=None, **options: Any):
+    def __init__(self, engine: str = "sadtalker", *, observer: Observer | None = None, downloader=None, resources=None, device_decision=None, **options: Any):
         self.engine: Engine = get_engine(engine)
         self.options, self.engine_options = split_options(self.engine, options)
         self.observer = observer or Observer()
@@ -109,7 +109,14 @@ class LipSyncPipeline:
         self.settings = Settings.from_env(cache_dir=self.options.cache_dir, offline=self.options.offline, registry=self.options.registry)
         #: An EngineResources to share between pipelines (batch runs pass one).
         self._resources = resources
-        self._device = None
+        #: A runtime.DeviceDecision to share between pipelines with the same
+        #: --device and --python (resolving it probes torch in a subprocess).
+        self._device = device_decision
+
+    @property
+    def device_decision(self):
+        """The resolved device (None until a run has started)."""
+        return self._device
 
     # -- resources (shared across runs: batch and compare reuse them) --------------------
 
@@ -198,6 +205,8 @@ class Run:
             yield
         except KeyboardInterrupt:
             self.report["status"] = "interrupted"
+            if self.hls is not None:
+                self.hls.fail("interrupted")
             self._write_reports()
             self._cleanup()
             raise Interrupted("interrupted") from None
@@ -208,9 +217,14 @@ class Run:
             self._failed(exc, {"type": type(exc).__name__, "message": str(exc)})
             raise
 
+    def discard(self) -> None:
+        """Drop a staged run that will never render (its temp dir goes, unless --keep-temp)."""
+        self._cleanup()
+
     def _failed(self, exc: BaseException, info: dict) -> None:
         self.report["status"] = "failed"
         self.report["error"] = info
+        exc.report = self.report  # type: ignore[attr-defined]
         if self.hls is not None:
             self.hls.fail(str(exc))
             note = f"The HLS playlist {self.hls.playlist} stops after {self.hls.published_seconds:.2f} s and is marked as failed (no #EXT-X-ENDLIST)."

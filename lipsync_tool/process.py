@@ -6,7 +6,9 @@
   callback (the pipeline forwards them to ``logging`` at DEBUG and to the
   progress display);
 * a new process group, so a timeout or Ctrl-C kills the whole tree: SIGTERM,
-  a grace period, then SIGKILL.
+  a grace period, then SIGKILL;
+* on Linux, tied to this process's life (the parent-death signal), so a
+  lipsync-tool that is SIGKILLed does not leave an engine holding the GPU.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -78,6 +81,27 @@ def _reap_group(pgid: int) -> None:
         pass
 
 
+#: Sets the parent-death signal, then becomes the real command (execvp keeps it).
+_TIE_TO_PARENT = """
+import ctypes, os, signal, sys
+parent = int(sys.argv[1])
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except Exception:
+    pass
+if os.getppid() != parent:  # the parent died before the signal was armed
+    sys.exit(137)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def tied_to_parent(argv: Sequence[str]) -> list[str]:
+    """*argv*, started so that it is killed when this process dies (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return list(argv)
+    return [sys.executable, "-c", _TIE_TO_PARENT, str(os.getpid()), *argv]
+
+
 def run_logged(
     argv: Sequence[str],
     *,
@@ -91,7 +115,7 @@ def run_logged(
     started = time.monotonic()
     with open(log_path, "ab") as logfile:
         proc = subprocess.Popen(
-            list(argv),
+            tied_to_parent(argv),
             cwd=str(cwd),
             env=env,
             stdin=subprocess.DEVNULL,

@@ -102,7 +102,6 @@ class ConsoleBatchObserver:
     def __init__(self, jobs: int, enabled: bool | None = None):
         self.enabled = is_tty() if enabled is None else enabled
         self.parallel = jobs > 1
-        self.total = 0
         self.check_bar: _Bar | None = None
         self.bar = None
         self._setup: dict[str, ConsoleObserver] = {}
@@ -138,7 +137,6 @@ class ConsoleBatchObserver:
         if self.check_bar:
             self.check_bar.close()
             self.check_bar = None
-        self.total = to_run
         if skipped:
             self.say(f"Skipping {skipped} finished job{'s' if skipped != 1 else ''} (--force runs them again).")
         if self.enabled and to_run:
@@ -167,8 +165,10 @@ class ConsoleBatchObserver:
     def done(self) -> None:
         for obs in [*self._observers.values(), *self._setup.values()]:
             obs.done()
+        self._observers.clear()
         if self.check_bar:
             self.check_bar.close()
+            self.check_bar = None
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -302,3 +302,33 @@ def test_python_m_entry_point_and_help(plugin_env):
     for panel in ("SadTalker options", "Wav2Lip options", "Fake options"):
         assert panel in r.stdout
     assert "--wav2lip-pads" in r.stdout and "--preprocess" in r.stdout
+
+
+def test_engine_dies_with_a_killed_lipsync_tool(plugin_env, media, tmp_path):
+    """SIGKILL leaves no chance to clean up; the parent-death signal still ends the engine."""
+    pidfile = tmp_path / "pids"
+    env = {**plugin_env, "FAKE_PIDFILE": str(pidfile)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lipsync_tool", str(media.portrait()), str(media.audio(seconds=0.8)), str(tmp_path / "o.mp4"), "--engine", "fake", "--fake-mode", "hang"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pidfile.exists()
+    engine, grandchild = (int(p) for p in pidfile.read_text().split())
+    proc.kill()
+    proc.wait()
+    try:
+        deadline = time.monotonic() + 5
+        while _alive(engine) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(engine), "the engine outlived a SIGKILLed lipsync-tool"
+    finally:
+        for pid in (engine, grandchild):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
