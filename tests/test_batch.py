@@ -7,6 +7,7 @@ short audio, a small target height and x264's fastest preset.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import signal
@@ -16,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_subprocess
 
 FAST = ["--x264-preset", "ultrafast", "--target-height", "240", "--skip-face-check"]
@@ -265,18 +265,21 @@ def test_a_killed_batch_resumes_where_it_stopped(plugin_env, inputs, tmp_path):
     try:
         # Job 2 is in the engine once the trace has its start line.
         _wait_for(lambda: engine_starts(first_trace) == 2, timeout=120, proc=proc)
+        engine_pid = int(first_trace.read_text().splitlines()[-1].split()[2])
+        workspace = Path(os.readlink(f"/proc/{engine_pid}/cwd")).parent  # job 2's temp dir, left behind by SIGKILL
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    # The orphaned engine of job 2 (its own process group) goes too, with its temp dir.
-    engine_pid = int(first_trace.read_text().splitlines()[-1].split()[2])
-    workspace = Path(os.readlink(f"/proc/{engine_pid}/cwd")).parent if Path(f"/proc/{engine_pid}").exists() else None
+    # The engine of job 2 is tied to the batch's life: it dies with it.
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{engine_pid}").exists() and Path(f"/proc/{engine_pid}/stat").read_text().split()[2] != "Z" and time.monotonic() < deadline:
+        time.sleep(0.05)
     try:
-        os.killpg(engine_pid, signal.SIGKILL)
-    except ProcessLookupError:
+        assert not Path(f"/proc/{engine_pid}").exists() or Path(f"/proc/{engine_pid}/stat").read_text().split()[2] == "Z"
+    except FileNotFoundError:
         pass
     assert proc.returncode == -signal.SIGKILL
     assert (out / "face_a.mp4").is_file() and not (out / "face_b.mp4").exists() and not (out / "face_c.mp4").exists()
@@ -290,7 +293,7 @@ def test_a_killed_batch_resumes_where_it_stopped(plugin_env, inputs, tmp_path):
     assert engine_starts(second_trace) == 2  # job 1 did not run again
     assert all((out / n).is_file() for n in ("face_a.mp4", "face_b.mp4", "face_c.mp4"))
     assert "1 skipped" in result.stdout
-    if workspace is not None and workspace.name.startswith("lipsync-"):
+    if workspace.name.startswith("lipsync-"):
         import shutil
 
         shutil.rmtree(workspace, ignore_errors=True)
@@ -405,9 +408,22 @@ def _three_jobs(tmp_path, inputs, modes=("ok", "crash", "ok")) -> Path:
     return write_csv(tmp_path / "jobs.csv", ["image", "audio", "fake_mode"], [[str(inputs["face"]), str(inputs[k]), m] for k, m in zip("abc", modes)])
 
 
-def test_the_batch_goes_on_after_a_failure_and_exits_1(cli, fake_engine, inputs, tmp_path, trace):
+@pytest.fixture
+def kept_temp_dirs():
+    """Temp dirs a failed engine run keeps for debugging, removed after the test."""
+    dirs: list[str] = []
+    yield dirs
+    import shutil
+
+    for d in dirs:
+        if d and Path(d).name.startswith("lipsync-"):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def test_the_batch_goes_on_after_a_failure_and_exits_1(cli, fake_engine, inputs, tmp_path, trace, kept_temp_dirs):
     out = tmp_path / "out"
     result = cli("batch", _three_jobs(tmp_path, inputs), "--out-dir", out, "--engine", "fake", *FAST)
+    kept_temp_dirs += [(r["error"] or {}).get("temp_dir") for r in batch_report(out)]
     assert result.code == 1, result.output
     assert engine_starts(trace) == 3
     assert (out / "face_a.mp4").is_file() and (out / "face_c.mp4").is_file() and not (out / "face_b.mp4").exists()
@@ -415,6 +431,7 @@ def test_the_batch_goes_on_after_a_failure_and_exits_1(cli, fake_engine, inputs,
     assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
     failed = rows[1]
     assert failed["error"]["type"] == "EngineError" and "exit 3" in failed["error"]["message"]
+    assert Path(failed["error"]["temp_dir"], "engine.log").is_file()  # kept for debugging, as in single runs
     assert failed["line"] == 3 and "engine" in failed["timings"] and failed["output_info"] is None
     ok = rows[0]
     assert ok["error"] is None and set(ok["timings"]) >= {"validate", "engine", "upscale", "publish"}
@@ -429,9 +446,10 @@ def test_the_batch_goes_on_after_a_failure_and_exits_1(cli, fake_engine, inputs,
     assert "Job 2 (face_b.mp4, line 3) failed" in result.stderr
 
 
-def test_fail_fast_stops_at_the_first_failure(cli, fake_engine, inputs, tmp_path, trace):
+def test_fail_fast_stops_at_the_first_failure(cli, fake_engine, inputs, tmp_path, trace, kept_temp_dirs):
     out = tmp_path / "out"
     result = cli("batch", _three_jobs(tmp_path, inputs), "--out-dir", out, "--engine", "fake", "--fail-fast", *FAST)
+    kept_temp_dirs += [(r["error"] or {}).get("temp_dir") for r in batch_report(out)]
     assert result.code == 1, result.output
     assert engine_starts(trace) == 2
     assert [r["status"] for r in batch_report(out)] == ["ok", "failed", "not_run"]
@@ -509,7 +527,7 @@ def test_with_two_jobs_the_engine_never_runs_twice_at_once(fake_engine, inputs, 
 
     spans = trace_intervals(trace)
     assert len(spans) == 4
-    for (_, end), (start, _) in zip(spans, spans[1:]):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, f"engine runs overlap: {spans}"
     # A job is in the engine from its "engine" stage until its "upscale" stage.
     at = {(i, s): t for t, i, s in events}
@@ -518,3 +536,34 @@ def test_with_two_jobs_the_engine_never_runs_twice_at_once(fake_engine, inputs, 
     overlapping = [(i, s, k) for t, i, s in cpu for k, a, b in busy if k != i and a < t < b]
     assert overlapping, f"no other job's CPU stage ran while an engine ran; --jobs 2 did nothing: {sorted(events)}"
 
+
+
+def test_hls_folders_are_per_row_relative_to_the_out_dir_and_unique(fake_engine, inputs, tmp_path):
+    from lipsync_tool.batch import ManifestError, plan_batch
+    from lipsync_tool.errors import UsageError
+
+    face, a, b = (str(inputs[k]) for k in ("face", "a", "b"))
+    out = tmp_path / "out"
+    good = write_csv(tmp_path / "good.csv", ["image", "audio", "hls"], [[face, a, "streams/a"], [face, b, "streams/b"]])
+    plan = plan_batch(good, out, engine="fake")
+    assert [j.options["hls"] for j in plan.jobs] == [out / "streams" / "a", out / "streams" / "b"]
+    clash = write_csv(tmp_path / "clash.csv", ["image", "audio", "hls"], [[face, a, "streams/x"], [face, b, "streams/x"]])
+    with pytest.raises(ManifestError) as info:
+        plan_batch(clash, out, engine="fake")
+    assert [str(p) for p in info.value.problems] == [f"line 3, column hls: {out / 'streams' / 'x'} is also the hls folder of line 2"]
+    with pytest.raises(UsageError, match="same folder for every job"):
+        plan_batch(good, out, {"hls": tmp_path / "shared"}, engine="fake")
+
+
+def test_an_engine_that_cannot_be_set_up_fails_its_jobs_without_running_them(cli, fake_engine, inputs, tmp_path, trace, monkeypatch):
+    monkeypatch.setenv("FAKE_ENGINE_CKPT_URLS", (tmp_path / "gone.ckpt").as_uri())
+    out = tmp_path / "out"
+    result = cli("batch", _three_jobs(tmp_path, inputs, ("ok", "ok", "ok")), "--out-dir", out, "--engine", "fake", *FAST)
+    assert result.code == 1, result.output
+    assert not trace.exists()
+    rows = batch_report(out)
+    assert [(r["status"], r["note"]) for r in rows] == [("failed", "engine setup failed")] * 3
+    assert rows[0]["error"]["type"] == "DownloadError"
+    fast = cli("batch", _three_jobs(tmp_path, inputs, ("ok", "ok", "ok")), "--out-dir", out, "--engine", "fake", "--fail-fast", *FAST)
+    assert fast.code == 1
+    assert [r["status"] for r in batch_report(out)] == ["failed"] * 3
