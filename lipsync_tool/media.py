@@ -438,8 +438,12 @@ def count_faces(image: Path) -> int:
             gray = gray.resize((max(1, round(w * scale)), max(1, round(h * scale))))
         arr = np.asarray(gray)
     detector = dlib.get_frontal_face_detector()
-    upsample = 1 if max(arr.shape) < 1000 else 0
-    return len(detector(arr, upsample))
+    # Most portraits have a face well above the detector's 80 px minimum: try
+    # without upsampling first (about 15x faster), then look for small faces.
+    found = len(detector(arr, 0))
+    if found == 0 and max(arr.shape) < 1000:
+        found = len(detector(arr, 1))
+    return found
 
 
 # -- upscale ------------------------------------------------------------------------------

@@ -281,11 +281,12 @@ class Run:
         self.face_path, self.face = stage_face(self.image, ws.inputs / "face", ff, allow_video=self.engine.supports_video_face)
         face = self.face
         report["inputs"]["face"] = {"staged": str(self.face_path), "is_video": face.is_video, "width": face.width, "height": face.height, "downscaled_from": face.downscaled_from}
-        if not self.opts.skip_face_check:
+        # A fixed face box (--wav2lip-box) means the user placed the face; the detector would be ignored.
+        if not self.opts.skip_face_check and getattr(self.p.engine_options, "wav2lip_box", None) is None:
             still = self.face_path if not face.is_video else first_frame(self.face_path, ff, ws.inputs / "first_frame.png")
             faces = count_faces(still)
             report["inputs"]["face"]["faces_found"] = faces
-            if faces == 0 and getattr(self.p.engine_options, "wav2lip_box", None) is None:
+            if faces == 0:
                 raise FaceNotFoundError(
                     "no face found by the pre-check",
                     subject=self.image,
@@ -446,7 +447,10 @@ class Run:
         env.update(self.ff.engine_env(self.ws.root / "bin"))
         url_map = {f.serves_url: str(f.path) for f in prepared.files if f.serves_url}
         env.update(compat_env(env.get("PYTHONPATH", ""), seed=self.seed, trusted=prepared.trusted(), url_map=url_map))
-        env.update({"PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8", "PYTHONPYCACHEPREFIX": str(self.ws.root / "pycache"), "MPLBACKEND": "Agg"})
+        # No PYTHONPYCACHEPREFIX: a fresh prefix makes the engine recompile torch & co.
+        # on every run.  Upstream's own .pyc land in the link farm's real (per-run) dirs.
+        env.pop("PYTHONPYCACHEPREFIX", None)
+        env.update({"PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8", "MPLBACKEND": "Agg"})
         env.update(extra)
         return env
 

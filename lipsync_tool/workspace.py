@@ -85,7 +85,7 @@ def listing(root: Path, limit: int = 200) -> list[str]:
         rel = p.relative_to(root)
         if rel.parts and rel.parts[0] == "work" and p.is_symlink():
             continue
-        if rel.parts and rel.parts[0] in ("pycache", "bin"):
+        if rel.parts and rel.parts[0] == "bin" or "__pycache__" in rel.parts:
             continue
         if p.is_file():
             out.append(f"{rel} ({p.stat().st_size:,} bytes)")

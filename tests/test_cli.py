@@ -60,3 +60,11 @@ def test_logging_follows_the_current_stderr(capsys):
     assert "INFO: first" in capsys.readouterr().err
     logging.getLogger("lipsync_tool.test").warning("second")
     assert "WARNING: second" in capsys.readouterr().err
+
+
+def test_doctor_reports_each_part_and_exits_1_when_something_is_missing(cli):
+    r = cli("doctor")
+    assert r.code == 1  # nothing is set up in the test cache
+    for part in ("python", "ffmpeg", "git", "torch", "cache", "sadtalker", "wav2lip"):
+        assert part in r.stdout, part
+    assert "[ok] ffmpeg" in r.stdout and "lipsync-tool setup --engine wav2lip" in r.stdout
