@@ -23,6 +23,7 @@ from pydantic import Field, field_validator
 
 from ..errors import EngineOOMError, FaceNotFoundError, LipsyncError, UsageError
 from .base import CheckpointSpec, Command, Engine, EngineOptions, Job, RepoSpec, Workspace, field_cli, format_number, is_cuda_oom, tail_lines
+from .compat import is_cpu_oom, translate_common
 
 PANEL = "SadTalker options"
 
@@ -183,6 +184,7 @@ DEFAULTS: dict[str, Any] = {
 
 FACE_HINT = "Try --preprocess full or resize, crop the image closer to a frontal face, or use a sharper, larger portrait."
 OOM_HINT = "Lower --sadtalker-batch-size, use --resolution 256, drop --enhancer, or set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True."
+CPU_OOM_HINT = "Lower --sadtalker-batch-size, use --resolution 256, drop --enhancer, use --preprocess crop, or shorten the audio (--chunk-seconds)."
 
 Preprocess = Literal["crop", "extcrop", "resize", "full", "extfull"]
 
@@ -384,13 +386,20 @@ class SadTalker(Engine):
         raise self.missing_output(ws, f"no video in {ws.results}", tail_lines(log_text))
 
     def translate_error(self, log_text: str, returncode: int, ws: Workspace) -> LipsyncError | None:
-        if "can not detect the landmark" in log_text or (
-            "exceptions must derive from BaseException" in log_text and "croper" in log_text
-        ) or "No face is detected in the input file" in log_text or "Can't get the coeffs of the input" in log_text:
+        no_face = (
+            "can not detect the landmark" in log_text
+            # upstream's cropper raises a string, which Python 3 reports as this TypeError
+            or ("exceptions must derive from BaseException" in log_text and "croper" in log_text)
+            or "No face is detected in the input file" in log_text
+            or "Can't get the coeffs of the input" in log_text
+        )
+        if no_face:
             return FaceNotFoundError("SadTalker found no face (no landmarks) in the image", subject="face", hint=FACE_HINT)
         if is_cuda_oom(log_text):
             return EngineOOMError("the GPU ran out of memory", log_path=ws.log, log_tail=tail_lines(log_text), hint=OOM_HINT)
-        return None
+        if is_cpu_oom(log_text):
+            return EngineOOMError("the engine ran out of memory", log_path=ws.log, log_tail=tail_lines(log_text), hint=CPU_OOM_HINT)
+        return translate_common(log_text, ws)
 
 
 def job_ref(ws: Workspace, name: str, source: Path | None) -> str | None:
@@ -404,4 +413,4 @@ def _resolved(options: EngineOptions) -> SadTalkerOptions:
     return options.resolved()
 
 
-__all__ = ["SadTalker", "SadTalkerOptions", "PRESETS"]
+__all__ = ["PRESETS", "SadTalker", "SadTalkerOptions"]

@@ -17,11 +17,14 @@ Upstream quirks this adapter respects (see the tests for the exact argv):
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
 from pydantic import Field, field_validator
 
-from ..errors import EngineOOMError, FaceNotFoundError, InputError, LipsyncError, UsageError
+from ..errors import EngineOOMError, EngineOutputMissingError, FaceNotFoundError, InputError, LipsyncError, UsageError
 from .base import CheckpointSpec, Command, Engine, EngineOptions, Job, RepoSpec, Workspace, field_cli, format_number, is_cuda_oom, tail_lines
+from .compat import is_cpu_oom, translate_common
 
 PANEL = "Wav2Lip options"
 
@@ -91,6 +94,7 @@ OOM_HINT = (
     "Lower --wav2lip-batch-size and --wav2lip-face-det-batch-size, raise --wav2lip-resize-factor "
     "(2 for 1080p video), or set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True."
 )
+CPU_OOM_HINT = "Lower --wav2lip-batch-size and --wav2lip-face-det-batch-size, raise --wav2lip-resize-factor (video), or shorten the audio."
 
 Quad = tuple[int, int, int, int]
 
@@ -268,13 +272,33 @@ class Wav2Lip(Engine):
         if "Face not detected!" in log_text:
             faulty = ws.work / "temp" / "faulty_frame.jpg"
             where = f" The frame it failed on is {faulty}." if faulty.exists() else ""
-            return FaceNotFoundError("Wav2Lip's face detector found no face" + (" in every frame" if "all the frames" in log_text else "") + "." + where, subject="face", hint=FACE_HINT)
+            return FaceNotFoundError("Wav2Lip's face detector (s3fd) found no face in a frame of the face input." + where, subject="face", hint=FACE_HINT)
         if "Image too big to run face detection on GPU" in log_text:
-            return EngineOOMError("the image is too big for face detection on this GPU", log_path=ws.log, log_tail=tail, hint="Raise --wav2lip-resize-factor (2 for 1080p video) or pass --wav2lip-box.")
+            # upstream says this after *any* error of the detector at batch size 1, on the CPU too
+            return EngineOOMError(
+                "Wav2Lip's face detector failed even one frame at a time (upstream reports it as 'Image too big to run face detection on GPU')",
+                log_path=ws.log,
+                log_tail=tail,
+                hint="For a face video raise --wav2lip-resize-factor (2 for 1080p); for an image, use a smaller one; "
+                "or skip the detector with --wav2lip-box X1 Y1 X2 Y2.",
+            )
         if is_cuda_oom(log_text):
             return EngineOOMError("the GPU ran out of memory", log_path=ws.log, log_tail=tail, hint=OOM_HINT)
+        if is_cpu_oom(log_text):
+            return EngineOOMError("the engine ran out of memory", log_path=ws.log, log_tail=tail, hint=CPU_OOM_HINT)
         if "Mel contains nan" in log_text:
             return InputError("the audio's mel spectrogram contains NaN (often a synthetic voice with exact digital silence)", subject="audio", hint="Add a little noise to the audio and try again.")
+        common = translate_common(log_text, ws)
+        if common is not None:
+            return common
+        if re.search(r"^(/bin/)?sh: \d+: ffmpeg: not found", log_text, re.MULTILINE):
+            # upstream ignores the exit code of its final mux, so this ends with exit 0 and no video
+            return EngineOutputMissingError(
+                "Wav2Lip's final ffmpeg mux could not run ('ffmpeg: not found'), so it wrote no video",
+                log_path=ws.log,
+                log_tail=tail,
+                hint="lipsync-tool puts its ffmpeg first on the engine's PATH; check LIPSYNC_TOOL_FFMPEG and that the file is executable.",
+            )
         return None
 
 

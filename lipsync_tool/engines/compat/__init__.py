@@ -26,6 +26,11 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ...errors import EngineError
+    from ..base import Workspace
 
 SITE_DIR = Path(__file__).with_name("site")
 
@@ -62,3 +67,24 @@ def compat_env(
     if debug is not None:
         env[ENV_SHIM_LOG] = "1" if debug else "0"
     return env
+
+
+def is_cpu_oom(text: str) -> bool:
+    """torch's CPU allocator failed (its own words, e.g. "DefaultCPUAllocator: can't allocate memory")."""
+    return "DefaultCPUAllocator: can't allocate memory" in text or "DefaultCPUAllocator: not enough memory" in text
+
+
+def translate_common(log_text: str, ws: Workspace) -> EngineError | None:
+    """Failures of the compatibility kind that any engine can hit."""
+    from ...errors import EngineError
+    from ..base import tail_lines
+
+    if "Weights only load failed" in log_text:
+        return EngineError(
+            "torch refused to unpickle a checkpoint (torch >= 2.6 loads with weights_only=True by default)",
+            log_path=ws.log,
+            log_tail=tail_lines(log_text),
+            hint="lipsync-tool relaxes weights_only only for files it verified or that you supplied; if this file came from "
+            "elsewhere (e.g. downloaded by upstream at run time), put it in the registry or pass it as your own checkpoint.",
+        )
+    return None

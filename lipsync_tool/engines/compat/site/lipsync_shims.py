@@ -56,7 +56,7 @@ def _setup_logging() -> None:
         return
     log._lipsync_configured = True  # type: ignore[attr-defined]
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[lipsync_shims] %(levelname)s %(message)s"))
+    handler.setFormatter(logging.Formatter("[lipsync_shims %(process)d] %(levelname)s %(message)s"))
     debug = os.environ.get(ENV_DEBUG, "").strip().lower() in ("1", "true", "yes", "on")
     handler.setLevel(logging.DEBUG if debug else logging.WARNING)
     log.addHandler(handler)
@@ -421,7 +421,7 @@ def run_hooks(name: str, module=None) -> None:
     for shim in HOOKS.get(name, ()):
         try:
             shim(module)
-        except Exception as exc:  # a shim must never break the engine's import
+        except Exception as exc:  # noqa: BLE001 - a shim must never break the engine's import
             log.warning("shim %s for %s failed: %r", shim.__name__, name, exc)
 
 
@@ -430,7 +430,7 @@ def _version_of(dist: str) -> str:
         from importlib.metadata import version
 
         return version(dist)
-    except Exception:
+    except Exception:  # noqa: BLE001 - only for a log line
         return "?"
 
 
@@ -496,7 +496,7 @@ class PostImportFinder:
         try:
             spec = None
             for finder in sys.meta_path:
-                if finder is self or isinstance(finder, PostImportFinder):
+                if finder is self or type(finder).__name__ == "PostImportFinder":
                     continue
                 find = getattr(finder, "find_spec", None)
                 if find is None:
@@ -524,17 +524,13 @@ class PostImportFinder:
         return spec
 
 
-_installed = False
-
-
 def install() -> None:
-    """Install the hook (once), seed ``random``, and patch what is already imported."""
-    global _installed
+    """Install the hook (once per process), seed ``random``, and patch what is already imported."""
     _setup_logging()
-    if _installed or any(isinstance(f, PostImportFinder) for f in sys.meta_path):
-        _installed = True
+    # a sentinel on sys, not a module global: the module may be loaded twice under different names
+    if getattr(sys, "_lipsync_shims_installed", False) or any(type(f).__name__ == "PostImportFinder" for f in sys.meta_path):
         return
-    _installed = True
+    sys._lipsync_shims_installed = True  # type: ignore[attr-defined]
     sys.meta_path.insert(0, PostImportFinder())
     seed = seed_value()
     if seed is not None:

@@ -49,7 +49,7 @@ def _chain() -> None:
         sys.modules["sitecustomize"] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:  # as site.py does: report, never abort start-up
+        except Exception as exc:  # noqa: BLE001 - as site.py does: report, never abort start-up
             print(f"Error in sitecustomize {spec.origin}: {exc!r}", file=sys.stderr)
         finally:
             if ours is not None:
@@ -60,6 +60,6 @@ def _chain() -> None:
 
 try:
     _install_shims()
-except Exception as _exc:  # the engine must still start
+except Exception as _exc:  # noqa: BLE001 - the engine must still start
     print(f"lipsync-tool: the compat shims could not be installed: {_exc!r}", file=sys.stderr)
 _chain()
