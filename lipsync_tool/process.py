@@ -99,7 +99,8 @@ def tied_to_parent(argv: Sequence[str]) -> list[str]:
     """*argv*, started so that it is killed when this process dies (Linux)."""
     if not sys.platform.startswith("linux"):
         return list(argv)
-    return [sys.executable, "-c", _TIE_TO_PARENT, str(os.getpid()), *argv]
+    # -I -S: the launcher needs nothing from the engine's PYTHONPATH or site.
+    return [sys.executable, "-I", "-S", "-c", _TIE_TO_PARENT, str(os.getpid()), *argv]
 
 
 def run_logged(

@@ -27,7 +27,7 @@ from typing import Protocol
 
 from ..engines.base import CheckpointSpec
 from ..errors import DownloadError
-from .cache import Cache, sha256_file, verified_stamp, write_stamp
+from .cache import Cache, Stamp, sha256_file, verified_stamp, write_stamp
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,11 @@ class Downloader:
                 if dest.stat().st_size == spec.size and sha256_file(dest) == spec.sha256:
                     write_stamp(dest, spec.sha256)
                     return FetchResult(dest, spec.sha256, "verified")
-                log.warning("%s in the cache is corrupt (size or sha256 differs); fetching it again", dest)
+                old = Stamp.load(Cache.stamp_path(dest))
+                if old is not None and old.sha256 != spec.sha256:
+                    log.info("the registry now expects another %s (sha256 %s, the cache has %s); fetching it", spec.name, spec.sha256[:12], old.sha256[:12])
+                else:
+                    log.warning("%s in the cache is corrupt (size or sha256 differs); fetching it again", dest)
                 dest.unlink(missing_ok=True)
                 Cache.stamp_path(dest).unlink(missing_ok=True)
             return self._download(spec, dest)

@@ -134,8 +134,11 @@ def _fetch_commit(repo, spec: RepoSpec) -> bool:
     """Fetch only the pinned commit (fast; GitHub allows it).  False if refused."""
     import git
 
+    # With paths left out of the checkout, fetch no blobs up front: the sparse
+    # checkout then fetches only the ones it needs (some copies lack the others).
+    blobs = ["--filter=blob:none"] if spec.sparse_exclude else []
     try:
-        repo.git.fetch("--depth", "1", "--no-tags", "--quiet", "origin", spec.commit)
+        repo.git.fetch("--depth", "1", "--no-tags", "--quiet", *blobs, "origin", spec.commit)
         return True
     except git.GitCommandError as exc:
         log.debug("shallow fetch of %s refused (%s); fetching everything", spec.commit, _git_message(exc))
