@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,20 +55,49 @@ class FFmpeg:
             raise FFmpegError(f"{what} timed out after {timeout:.0f} s", argv=argv) from None
         return proc
 
-    def engine_env(self, bin_dir: Path) -> dict[str, str]:
+    def engine_env(self, bin_dir: Path, *, copy_video_to: str | None = None) -> dict[str, str]:
         """Environment so that a child's bare ``ffmpeg`` is this one.
 
         Upstream scripts call ``ffmpeg`` by name (and imageio by its env var),
-        so a directory holding an ``ffmpeg`` link goes first on PATH.
+        so a directory holding an ``ffmpeg`` goes first on PATH.  With
+        *copy_video_to*, that ``ffmpeg`` turns upstream's final mux into that
+        file into a video stream copy: the tool encodes once, at the end, so
+        upstream's own re-encode would only cost time and a generation of
+        quality.
         """
         bin_dir.mkdir(parents=True, exist_ok=True)
         link = bin_dir / "ffmpeg"
-        if not link.exists():
+        env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "IMAGEIO_FFMPEG_EXE": self.path}
+        if link.exists() or link.is_symlink():
+            link.unlink()
+        python = sys.executable
+        if copy_video_to and " " not in python and len(python) < 200:
+            link.write_text(f"#!{python} -IS\n" + _FFMPEG_SHIM.format(real=self.path))
+            link.chmod(0o755)
+            env["LIPSYNC_TOOL_FFMPEG_COPY_VIDEO_TO"] = copy_video_to
+        else:
             os.symlink(self.path, link)
-        return {
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-            "IMAGEIO_FFMPEG_EXE": self.path,
-        }
+        return env
+
+
+#: The ``ffmpeg`` an engine sees when its final mux should copy the video.
+_FFMPEG_SHIM = """import os, sys
+real = {real!r}
+target = os.environ.get("LIPSYNC_TOOL_FFMPEG_COPY_VIDEO_TO")
+args = sys.argv[1:]
+if target and args and args[-1] == target and not any(a in ("-c:v", "-vcodec", "-codec:v") for a in args):
+    out = args.pop()
+    kept, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in ("-q:v", "-qscale:v"):
+            skip = True
+        else:
+            kept.append(a)
+    args = kept + ["-c:v", "copy", out]
+os.execv(real, [real] + args)
+"""
 
 
 @functools.lru_cache(maxsize=8)
@@ -260,31 +290,25 @@ def _check_readable(path: Path, what: str) -> None:
         raise InputError("is empty (0 bytes)", subject=path)
 
 
-def stage_audio(src: Path, dst: Path, ff: FFmpeg, *, start: float | None = None, duration: float | None = None) -> AudioCheck:
+def stage_audio(src: Path, dst: Path, ff: FFmpeg) -> AudioCheck:
     """Validate *src* and write it as 16 kHz mono PCM WAV at *dst*, in one pass.
 
-    The same pass measures the peak level, so digital silence is caught
-    without reading the file twice.
+    The same ffmpeg run describes the input (its stderr header) and measures
+    the peak level, so digital silence is caught without reading the file twice.
     """
     _check_readable(src, "audio")
-    head = _probe_text(ff, src)
-    info = parse_probe(head, str(src))
-    if "Invalid data found" in head or (not info.container and info.audio is None and info.video is None):
-        raise InputError(f"cannot be decoded as audio ({read_error(head)})", subject=src, hint="Give a wav, mp3, m4a/aac, flac, ogg/opus file or a video with sound.")
-    if info.audio is None:
-        what = "an image" if info.video is not None and (info.duration is None or info.container.endswith("_pipe")) else "a file"
-        raise InputError(f"has no audio stream (it looks like {what})", subject=src, hint="Check the order: IMAGE AUDIO OUTPUT.")
-    trim: list[str] = []
-    if start is not None:
-        trim += ["-ss", f"{start:.6f}"]
-    if duration is not None:
-        trim += ["-t", f"{duration:.6f}"]
-    args = ["-y", *trim, "-i", str(src), "-map", "0:a:0", "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(ENGINE_SAMPLE_RATE), "-c:a", "pcm_s16le", "-af", "volumedetect", "-f", "wav", str(dst)]
+    args = ["-y", "-i", str(src), "-map", "0:a:0", "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(ENGINE_SAMPLE_RATE), "-c:a", "pcm_s16le", "-af", "volumedetect", "-f", "wav", str(dst)]
     proc = ff.run(args, what="converting the audio", timeout=600)
     err = proc.stderr.decode("utf-8", "replace")
+    info = parse_probe(err.split("\nOutput #0", 1)[0], str(src))
     if proc.returncode != 0:
         dst.unlink(missing_ok=True)
-        raise InputError(f"cannot be decoded as audio ({read_error(err)})", subject=src)
+        if info.audio is None and (info.video is not None or info.container):
+            what = "an image" if info.video is not None and (info.duration is None or info.container.endswith("_pipe")) else "a file"
+            raise InputError(f"has no audio stream (it looks like {what})", subject=src, hint="Check the order: IMAGE AUDIO OUTPUT.")
+        raise InputError(
+            f"cannot be decoded as audio ({read_error(err)})", subject=src, hint="Give a wav, mp3, m4a/aac, flac, ogg/opus file or a video with sound."
+        )
     max_db = None
     if m := re.search(r"max_volume:\s*(-?[\d.]+|-inf) dB", err):
         max_db = float("-inf") if m.group(1) == "-inf" else float(m.group(1))
@@ -378,7 +402,7 @@ def stage_face(src: Path, dst_stem: Path, ff: FFmpeg, *, allow_video: bool) -> t
         if im.mode not in ("RGB",):
             im = _flatten(im)
         dst = dst_stem.with_suffix(".png")
-        im.save(dst, format="PNG")
+        im.save(dst, format="PNG", compress_level=1)  # a temp file: speed over size
     return dst, FaceInput(is_video=False, width=w, height=h, downscaled_from=downscaled)
 
 

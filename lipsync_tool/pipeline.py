@@ -268,7 +268,8 @@ class Run:
 
                 self.report["device"] = {"device": str(self.device), "reason": self.device.reason, "gpus": list(decision.gpu_names)}
                 self.report["engine"]["python"] = self.python
-                self.report["engine"]["packages"] = package_versions(self.python, ["torch", "torchvision", "numpy", "librosa", "opencv-python", "opencv-python-headless"])
+                # Only for the report: look them up while the engine runs.
+                self._versions = _background(package_versions, self.python, ["torch", "torchvision", "numpy", "librosa", "opencv-python", "opencv-python-headless"])
             face = self.face
             video_fps = face.info.video.fps if face.is_video and face.info and face.info.video else None
             self.fps = video_fps if (video_fps and "fps" not in self.opts.model_fields_set) else self.opts.fps
@@ -444,7 +445,7 @@ class Run:
 
         assert self.ws is not None
         env = dict(os.environ)
-        env.update(self.ff.engine_env(self.ws.root / "bin"))
+        env.update(self.ff.engine_env(self.ws.root / "bin", copy_video_to=self.engine.ffmpeg_copy_video_to))
         url_map = {f.serves_url: str(f.path) for f in prepared.files if f.serves_url}
         env.update(compat_env(env.get("PYTHONPATH", ""), seed=self.seed, trusted=prepared.trusted(), url_map=url_map))
         # No PYTHONPYCACHEPREFIX: a fresh prefix makes the engine recompile torch & co.
@@ -550,6 +551,12 @@ class Run:
     # -- bookkeeping ----------------------------------------------------------------------------
 
     def _write_reports(self) -> None:
+        versions = getattr(self, "_versions", None)
+        if versions is not None and "packages" not in self.report["engine"]:
+            try:
+                self.report["engine"]["packages"] = versions.result(timeout=120)
+            except Exception as exc:  # noqa: BLE001 - the report says so instead
+                self.report["engine"]["packages"] = {"error": str(exc)}
         text = json.dumps(self.report, indent=2, default=str)
         if self.ws is not None and self.ws.root.exists():
             (self.ws.root / "report.json").write_text(text)
@@ -567,6 +574,23 @@ class Run:
 
 
 # -- helpers (pure where possible) ---------------------------------------------------------
+
+
+def _background(fn, *args):
+    """Run *fn* on a daemon thread; returns a Future."""
+    import threading
+    from concurrent.futures import Future
+
+    fut: Future = Future()
+
+    def work() -> None:
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001
+            fut.set_exception(exc)
+
+    threading.Thread(target=work, daemon=True).start()
+    return fut
 
 
 def _default_timeout(audio_seconds: float, device) -> float:

@@ -332,3 +332,32 @@ def test_engine_dies_with_a_killed_lipsync_tool(plugin_env, media, tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_upstreams_final_mux_becomes_a_stream_copy(fake_engine, media, cli, tmp_path):
+    """Wav2Lip re-encodes temp/result.avi in its final mux; the ffmpeg the engine
+    sees copies the video instead (the tool encodes once, at the end)."""
+    out = tmp_path / "out.mp4"
+    r = cli(media.portrait(), media.audio(seconds=1.0), out, "--engine", "fake", "--fake-wav2lip-mux", "--keep-temp", *FAST)
+    assert r.code == 0, r.output
+    temp = Path(next(ln for ln in r.stdout.splitlines() if ln.startswith("Temp files kept in ")).removeprefix("Temp files kept in ").rstrip(":"))
+    raw = probe(temp / "work" / "results" / "result.mp4")
+    assert raw.video.codec == "mpeg4"  # copied from the .avi, not re-encoded to H.264
+    assert raw.audio is not None
+    final = probe(out, measure=True)
+    assert final.video.codec == "h264" and final.video.height == 1080 and abs(final.video.duration - 1.0) <= 1 / 25
+
+
+def test_engine_ffmpeg_shim_rewrites_only_the_final_mux(tmp_path, ff):
+    env = ff.engine_env(tmp_path / "bin", copy_video_to="results/out.mp4")
+    shim = tmp_path / "bin" / "ffmpeg"
+    assert env["LIPSYNC_TOOL_FFMPEG_COPY_VIDEO_TO"] == "results/out.mp4"
+    # Other commands pass through untouched: print the argv ffmpeg would see via a fake real binary.
+    echo = tmp_path / "echo-ffmpeg"
+    echo.write_text("#!/bin/sh\necho \"$@\"\n")
+    echo.chmod(0o755)
+    shim.write_text(shim.read_text().replace(repr(ff.path), repr(str(echo))))
+    run = lambda *a: subprocess.run([str(shim), *a], capture_output=True, text=True, env={**os.environ, **env}).stdout.strip()  # noqa: E731
+    assert run("-y", "-i", "a.wav", "-i", "temp/result.avi", "-strict", "-2", "-q:v", "1", "results/out.mp4") == "-y -i a.wav -i temp/result.avi -strict -2 -c:v copy results/out.mp4"
+    assert run("-y", "-i", "x.mp3", "-strict", "-2", "temp/temp.wav") == "-y -i x.mp3 -strict -2 temp/temp.wav"
+    assert run("-i", "a", "-c:v", "libx264", "results/out.mp4") == "-i a -c:v libx264 results/out.mp4"

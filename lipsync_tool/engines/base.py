@@ -196,6 +196,9 @@ class Engine(ABC):
     native_fps: ClassVar[bool] = False
     #: --chunk-seconds when the user gives none (None: long audio stays whole).
     default_chunk_seconds: ClassVar[float | None] = None
+    #: The file (as upstream spells it) of upstream's final mux, which the
+    #: tool's ffmpeg turns into a video stream copy (the tool encodes once).
+    ffmpeg_copy_video_to: ClassVar[str | None] = None
 
     def checkpoint(self, name: str) -> CheckpointSpec:
         for spec in self.checkpoints:

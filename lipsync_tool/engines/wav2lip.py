@@ -188,6 +188,8 @@ class Wav2Lip(Engine):
     licence_notice = LICENCE
     supports_video_face = True
     native_fps = True
+    # Upstream muxes temp/result.avi with the audio by re-encoding it; a stream copy does.
+    ffmpeg_copy_video_to = "results/result.mp4"
     requirements = (
         ((), ("torch>=2.0",)),
         ((), ("numpy>=1.24", "scipy", "opencv-python-headless>=4.6", "librosa>=0.10", "tqdm", "numba")),

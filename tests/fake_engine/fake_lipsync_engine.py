@@ -22,6 +22,7 @@ class FakeOptions(EngineOptions):
     )
     fake_extra_seconds: float = Field(0.0, json_schema_extra=field_cli("--fake-extra-seconds", help="Render this much longer than the audio."))
     fake_sleep: float = Field(0.0, ge=0, json_schema_extra=field_cli("--fake-sleep", help="Seconds the fake engine sleeps before rendering."))
+    fake_wav2lip_mux: bool = Field(False, json_schema_extra=field_cli("--fake-wav2lip-mux", help="Finish with Wav2Lip's shell-string ffmpeg mux."))
     fake_fail_on_run: int = Field(0, ge=0, json_schema_extra=field_cli("--fake-fail-on-run", help="Crash on the N-th invocation (counted in $FAKE_ENGINE_COUNTER)."))
 
 
@@ -60,6 +61,7 @@ class FakeEngine(Engine):
     licence_notice = "The fake weights are for tests only."
     supports_video_face = True
     native_fps = True
+    ffmpeg_copy_video_to = "results/result.mp4"
 
     def required_checkpoints(self, options, resolution):
         return [self.checkpoint("fake.ckpt")]
@@ -79,6 +81,8 @@ class FakeEngine(Engine):
             argv += ["--extra_seconds", format_number(options.fake_extra_seconds)]
         if options.fake_sleep:
             argv += ["--sleep", format_number(options.fake_sleep)]
+        if options.fake_wav2lip_mux:
+            argv.append("--mux_like_wav2lip")
         if options.fake_fail_on_run:
             argv += ["--fail_on_run", str(options.fake_fail_on_run)]
         return Command(argv, ws.work, job.device.env())

@@ -22,6 +22,7 @@ p.add_argument("--mode", default="ok")
 p.add_argument("--extra_seconds", type=float, default=0.0)
 p.add_argument("--sleep", type=float, default=0.0)
 p.add_argument("--fail_on_run", type=int, default=0)
+p.add_argument("--mux_like_wav2lip", action="store_true")
 args = p.parse_args()
 
 counter = os.environ.get("FAKE_ENGINE_COUNTER")
@@ -74,7 +75,13 @@ cmd = [
     "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-shortest",
     args.outfile,
 ]
-subprocess.run(cmd, check=True)
+if args.mux_like_wav2lip:
+    # Wav2Lip's way: frames into temp/result.avi, then a shell-string ffmpeg mux with the audio.
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-loop", "1", "-framerate", str(args.fps), "-i", args.face,
+                    "-t", f"{seconds:.3f}", "-vf", f"scale={args.size}:{args.size}", "-c:v", "mpeg4", "-q:v", "3", "temp/result.avi"], check=True)
+    subprocess.call("ffmpeg -y -loglevel error -i {} -i {} -strict -2 -q:v 1 {}".format(args.audio, "temp/result.avi", args.outfile), shell=True)
+else:
+    subprocess.run(cmd, check=True)
 if args.mode == "empty":
     open(args.outfile, "w").close()
 print("The generated video is named:", args.outfile)
