@@ -78,16 +78,22 @@ def main() -> None:
         httpd = serve(src)
         url = f"http://127.0.0.1:{httpd.server_address[1]}/blob.bin"
         spec = CheckpointSpec(name="blob.bin", urls=(url,), size=spec_size, sha256=sha, dest="x")
-        curl_t, tool_t = [], []
+        curl_t, curl_sync_t, tool_t = [], [], []
         env = {**os.environ, "NO_PROXY": "127.0.0.1"}
         for i in range(-1, args.repeat):  # round -1 warms the page cache and imports, untimed
             out = d / "curl.bin"
+            os.sync()  # each run starts with no dirty pages left by the previous one
             t = time.perf_counter()
             subprocess.run([curl, "-s", "-o", str(out), url], check=True, env=env)
+            plain = time.perf_counter() - t
+            os.sync()  # what curl's file needs to be on disk, as lipsync-tool's is (it fsyncs)
+            durable = time.perf_counter() - t
             if i >= 0:
-                curl_t.append(time.perf_counter() - t)
+                curl_t.append(plain)
+                curl_sync_t.append(durable)
             out.unlink()
             cache = Cache(d / f"cache{i}")
+            os.sync()
             t = time.perf_counter()
             r = Downloader().ensure(spec, cache.checkpoint_path("bench", "blob.bin"), cache.lock_path("ckpt", "bench", "blob.bin"))
             if i >= 0:
@@ -96,17 +102,21 @@ def main() -> None:
             shutil.rmtree(d / f"cache{i}")
         httpd.shutdown()
     mib = args.mib
-    c, t = statistics.median(curl_t), statistics.median(tool_t)
+    c, cs, t = statistics.median(curl_t), statistics.median(curl_sync_t), statistics.median(tool_t)
     result = {
         "benchmark": f"download {mib} MiB over loopback (sendfile server), verified",
         "command": f"python benchmarks/bench_download.py --mib {mib} --repeat {args.repeat}",
         "machine": machine(),
         "curl_seconds": [round(x, 3) for x in curl_t],
+        "curl_then_sync_seconds": [round(x, 3) for x in curl_sync_t],
         "lipsync_tool_seconds": [round(x, 3) for x in tool_t],
         "curl_MiB_per_s": round(mib / c, 1),
         "lipsync_tool_MiB_per_s": round(mib / t, 1),
         "ratio_vs_curl": round(c / t, 3),
-        "target": "ratio_vs_curl >= 0.8 (lipsync-tool also hashes, checks and fsyncs)",
+        "ratio_vs_curl_then_sync": round(cs / t, 3),
+        "target": "ratio_vs_curl >= 0.8",
+        "note": "lipsync-tool's time includes sha256, the size check and making the file durable (fsync) before it "
+        "is published; curl leaves its file in the page cache. curl_then_sync adds the os.sync() that puts curl's file on disk.",
     }
     result["pass"] = result["ratio_vs_curl"] >= 0.8
     emit(result, args.out)

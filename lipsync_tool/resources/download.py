@@ -33,6 +33,29 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 USER_AGENT = "lipsync-tool"
+#: Start writing received bytes to disk every this many bytes, so the final
+#: fsync is short and the kernel never throttles a large dirty backlog.
+WRITEBACK_EVERY = 16 << 20
+
+
+def _sync_file_range():
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+        fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+        return fn
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_SFR = _sync_file_range()
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range to disk, without waiting (Linux)."""
+    if _SFR is not None:
+        _SFR(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE
 
 
 class ProgressBar(Protocol):
@@ -363,10 +386,15 @@ class _Partial:
 
         def sink() -> None:
             try:
-                with open(self.path, "ab") as out:
+                with open(self.path, "ab", buffering=0) as out:
+                    flushed = written = out.tell()
                     while (chunk := q.get()) is not None:
                         out.write(chunk)
                         self.hasher.update(chunk)
+                        written += len(chunk)
+                        if written - flushed >= WRITEBACK_EVERY:
+                            start_writeback(out.fileno(), flushed, written - flushed)
+                            flushed = written
             except BaseException as exc:  # surfaced in the caller
                 failure.append(exc)
                 while q.get() is not None:
