@@ -262,6 +262,13 @@ class Run:
                 self.engine.validate(self.p.engine_options, face_is_video=self.face.is_video)
                 if not self.engine.uses_resolution and "resolution" in self.opts.model_fields_set:
                     log.warning("--resolution applies to SadTalker only; %s ignores it", self.engine.display_name)
+            if self.opts.install_deps:  # before the device check, which needs the engine's torch
+                from .runtime import engine_python, install_deps
+
+                self.observer.stage("install-deps")
+                with self.timer("install_deps"):
+                    self.report["installed"] = install_deps(self.engine, engine_python(self.opts.python), log_path=self.ws.root / "install.log")
+            with self.timer("validate"):
                 self.python, decision = self.p._device_and_python()
                 self.device = decision.device
                 from .runtime import package_versions
@@ -314,12 +321,6 @@ class Run:
         assert self.ws is not None
         ws, opts = self.ws, self.opts
         with self._step():
-            if opts.install_deps:
-                self.observer.stage("install-deps")
-                with self.timer("install_deps"):
-                    from .runtime import install_deps
-
-                    self.report["installed"] = install_deps(self.engine, self.python, log_path=ws.root / "install.log")
             self.observer.stage("resources")
             with self.timer("resources"):
                 self.prepared = prepared = self.p.resources.ensure(self.p.engine_options, opts.resolution)

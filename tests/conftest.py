@@ -138,7 +138,7 @@ def git(*args: str, cwd: Path) -> str:
 
 @dataclass
 class FakeUpstream:
-    path: Path
+    path: Path  # a bare repository with two commits
     first: str  # the commit the fake engine pins
     second: str  # a later commit that must not be checked out
 
@@ -162,7 +162,10 @@ def fake_upstream(tmp_path_factory) -> FakeUpstream:
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "second", cwd=repo)
     second = git("rev-parse", "HEAD", cwd=repo)
-    return FakeUpstream(repo, first, second)
+    # Served as a bare repository, like a real upstream.
+    bare = repo.with_name(repo.name + ".git")
+    git("clone", "-q", "--bare", str(repo), str(bare), cwd=repo.parent)
+    return FakeUpstream(bare, first, second)
 
 
 @dataclass

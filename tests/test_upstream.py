@@ -159,6 +159,7 @@ def test_sadtalker_real_run(st_registry, media, tmp_path):
     assert r.code == 0, r.output
     media_info = check_video(out, 0.6)
     data = json.loads(report.read_text())
+    assert data["engine"]["commit"] == "cd4c0465ae0b54a6f85af57f5c65fec9fe23e7f8"  # the pinned commit, sparse-cloned
     argv = data["commands"]["engine"]
     assert argv[-1] == "--cpu" and "--still" in argv
     log = engine_log(report)

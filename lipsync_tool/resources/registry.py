@@ -82,7 +82,7 @@ def read_override(path: Path, engines: dict[str, type[Engine]]) -> dict[str, Any
                 raise _fail(path, where, f"unknown checkpoint (known: {', '.join(sorted(known))})")
             if not isinstance(entry, dict):
                 raise _fail(path, where, "must be a table")
-            for key, value in entry.items():
+            for key in entry:
                 if key not in CHECKPOINT_KEYS:
                     raise _fail(path, f"{where}.{key}", f"unknown key (allowed: {', '.join(sorted(CHECKPOINT_KEYS))})")
             if "urls" in entry and (not isinstance(entry["urls"], list) or not entry["urls"] or not all(isinstance(u, str) and u for u in entry["urls"])):

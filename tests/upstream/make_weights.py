@@ -85,33 +85,27 @@ def git(*args: str, cwd: Path) -> str:
 
 
 def servable_repo(repo: Path, commit: str, out: Path) -> tuple[Path, str]:
-    """The repository and commit lipsync-tool should clone.
+    """The repository and commit lipsync-tool should clone: always *commit*.
 
     A checkout that lacks some blobs of its own history (copies of SadTalker
-    without the docs GIFs) cannot serve a clone of *commit*.  Then a snapshot
-    of its working tree is committed into ``out/repo`` and that is used: the
-    same files, under another commit id.
+    without the docs GIFs) cannot serve a full clone of *commit*.  Then a bare
+    repository in ``out/serve.git`` borrows the checkout's objects (git
+    alternates, nothing copied, the checkout untouched) and allows partial
+    fetches: lipsync-tool's sparse, blob-filtered clone then fetches only the
+    blobs its checkout needs, exactly as it does from GitHub.
     """
     missing = git("rev-list", "--objects", "--missing=print", commit, cwd=repo)
     if not any(line.startswith("?") for line in missing.splitlines()):
         return repo, commit
-    snap = out / "repo"
-    if snap.exists():
-        import shutil
-
-        shutil.rmtree(snap)
-    snap.mkdir(parents=True)
-    git("init", "-q", "-b", "main", cwd=snap)
-    import shutil
-
-    for rel in git("ls-files", cwd=repo).splitlines():
-        src = repo / rel
-        if src.is_file():
-            (snap / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, snap / rel)
-    git("add", "-A", cwd=snap)
-    git("commit", "-q", "-m", f"snapshot of {commit} without the blobs this copy lacks", cwd=snap)
-    return snap, git("rev-parse", "HEAD", cwd=snap)
+    serve = out / "serve.git"
+    if not serve.exists():
+        git("init", "-q", "--bare", str(serve), cwd=out)
+        objects = Path(git("rev-parse", "--path-format=absolute", "--git-common-dir", cwd=repo)) / "objects"
+        (serve / "objects" / "info" / "alternates").write_text(f"{objects}\n")
+        git("config", "uploadpack.allowFilter", "true", cwd=serve)
+        git("config", "uploadpack.allowAnySHA1InWant", "true", cwd=serve)
+    git("update-ref", "refs/heads/main", commit, cwd=serve)
+    return serve, commit
 
 
 def _import_from(repo: Path):
