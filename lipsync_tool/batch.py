@@ -302,7 +302,7 @@ class BatchJob:
         return job_report_path(self.output)
 
     def pipeline_kwargs(self) -> dict[str, Any]:
-        return {**self.options, "report": self.report_path, "overwrite": self.decision.overwrite}
+        return {**self.options, "report": self.report_path, "overwrite": self.decision.overwrite or bool(self.options.get("overwrite"))}
 
     def expected(self) -> dict[str, Any]:
         """What a finished run's report must say for this job to be skipped."""
@@ -368,7 +368,8 @@ def load_report(path: Path) -> dict[str, Any] | None:
 def resume_decision(expected: dict[str, Any], *, output_exists: bool, report: dict[str, Any] | None, force: bool, overwrite: bool) -> Decision:
     """Run, skip, or refuse (an output the batch did not write).  Pure."""
     if not output_exists:
-        return Decision("run", "forced" if force else ("not finished" if report else "new"))
+        # An unfinished job's leftovers (its HLS folder, say) are the batch's own to replace.
+        return Decision("run", "forced" if force else ("not finished" if report else "new"), overwrite=bool(report) or force or overwrite)
     if force:
         return Decision("run", "forced (--force)", overwrite=True)
     if report is None:
@@ -998,6 +999,9 @@ class _Runner:
         except (Interrupted, KeyboardInterrupt):
             self.stop = True
             self.interrupted = True
+            from .process import kill_all_live
+
+            kill_all_live()  # staging and upscales on the pool threads, too
             if current is not None:
                 job, run = current
                 timings = dict(run.report.get("timings") or {}) if run is not None else {}

@@ -36,6 +36,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (DownloadError, 1),
     (RunError, 1),
     (LipsyncError, 1),
+    (OSError, 1),
 )
 
 COMMON = "Common options"
@@ -91,6 +92,10 @@ def report_error(exc: BaseException) -> int:
         err(f"Error: {exc}")
         if exc.hint:
             err(f"Hint: {exc.hint}")
+    elif isinstance(exc, OSError) and (exc.filename or exc.strerror):
+        # The machine said no (a full disk, a missing or read-only folder): not a bug.
+        err(f"Error: {exc.filename or 'system'}: {exc.strerror or exc}")
+        err("Hint: check free space and permissions of that path.")
     else:
         err(f"Error: unexpected {type(exc).__name__}: {exc}")
         err(f"Hint: this is a bug in lipsync-tool; rerun with {ENV_DEBUG}=1 for the traceback and report it.")
@@ -429,6 +434,9 @@ def do_cache_info(cache_dir: Path | None, registry: Path | None) -> int:
     cache = Cache(settings.cache_dir)
     out(f"Cache: {cache.root} (layout {cache.base.name})")
     out(f"Total: {_human(cache.size_of(cache.root))}")
+    runs = list(cache.chunks_dir().iterdir()) if cache.chunks_dir().is_dir() else []
+    if runs:
+        out(f"Unfinished chunked runs (reused by a rerun; 'cache clean --partial-only' removes them): {len(runs)}, {_human(cache.size_of(cache.chunks_dir()))}")
     for name in engine_classes():
         res = resources_for(name, settings.cache_dir, registry_file=settings.registry)
         st = res.status(all_files=True)
@@ -486,28 +494,17 @@ def _repo_clean(path: Path) -> bool:
 def do_cache_clean(cache_dir: Path | None, engine: str | None, partial_only: bool) -> int:
     from .config import Settings
     from .engines import available_engines
-    from .resources.cache import Cache, rmtree_force
+    from .resources.cache import Cache
 
     settings = Settings.from_env(cache_dir=cache_dir)
     cache = Cache(settings.cache_dir)
     if engine is not None and engine not in available_engines():
         raise UsageError(f"unknown engine {engine!r}", subject="--engine", hint="Choose one of: " + ", ".join(available_engines()))
-    engines = [engine] if engine else cache.engines_present()
-    freed = 0
-    for name in engines:
-        if partial_only:
-            for d in (cache.checkpoint_dir(name),):
-                for p in d.glob("*.incomplete") if d.is_dir() else []:
-                    freed += p.stat().st_size
-                    p.unlink(missing_ok=True)
-            for p in cache.repo_root(name).glob(".staging-*") if cache.repo_root(name).is_dir() else []:
-                freed += cache.size_of(p)
-                rmtree_force(p)
-        else:
-            for d in (cache.repo_root(name), cache.checkpoint_dir(name)):
-                freed += cache.size_of(d)
-                rmtree_force(d)
+    # Unfinished chunked runs belong to no one engine: cleaned when no engine is named.
+    freed, busy = cache.clean([engine] if engine else cache.engines_present(), partial_only=partial_only, chunks=engine is None)
     out(f"Freed {_human(freed)} from {cache.root}")
+    for what in busy:
+        out(f"  skipped {what}: in use by another process")
     return 0
 
 

@@ -178,6 +178,8 @@ def side_by_side_graph(clips: Sequence[Clip], audio: Path, out: Path, *, height:
     with *audio* as AAC.  Pure: returns an ffmpeg-python node."""
     import ffmpeg as ffm
 
+    from .media import frame_rate
+
     if not clips:
         raise ValueError("no clips to put side by side")
     if height % 2:
@@ -186,7 +188,7 @@ def side_by_side_graph(clips: Sequence[Clip], audio: Path, out: Path, *, height:
     streams = []
     for clip in clips:
         v = ffm.input(str(clip.path)).video
-        v = v.filter("fps", fps=_rate(fps))
+        v = v.filter("fps", fps=frame_rate(fps))
         v = v.filter("scale", -2, height, flags="bicubic")
         v = v.filter("setsar", 1)
         v = v.filter("format", "yuv420p")
@@ -226,8 +228,6 @@ def side_by_side_argv(ff_path: str, clips: Sequence[Clip], audio: Path, out: Pat
     return [ff_path, "-hide_banner", "-nostdin", "-y", *side_by_side_graph(clips, audio, out, **kwargs).get_args()]
 
 
-def _rate(fps: float) -> str:
-    return str(int(fps)) if float(fps).is_integer() else f"{fps:.6f}"
 
 
 # -- the comparison -------------------------------------------------------------------------

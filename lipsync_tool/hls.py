@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,9 +92,6 @@ class HlsOutput:
         text = self.playlist.read_text() if self.playlist.exists() else "#EXTM3U\n#EXT-X-VERSION:3\n"
         one_line = re.sub(r"\s+", " ", message).strip()[:300]
         atomic_write_text(self.playlist, text.rstrip("\n") + f"\n# lipsync-tool: FAILED after {self.published_seconds:.2f} s: {one_line}\n")
-
-    def remove(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def playlist_durations(playlist: Path) -> list[float]:

@@ -502,7 +502,7 @@ def upscale_graph(
     import ffmpeg as ffm
 
     v = ffm.input(str(raw), **(raw_input or {})).video
-    v = v.filter("fps", fps=_rate(opts.fps))
+    v = v.filter("fps", fps=frame_rate(opts.fps))
     # Hold the last frame so the video is never shorter than the audio; -t cuts it.
     v = v.filter("tpad", stop=-1, stop_mode="clone")
     if opts.enabled:
@@ -631,7 +631,7 @@ def normalize_clip_argv(ff_path: str, raw: Path, dst: Path, fps: float, frames: 
     only, losslessly encoded, ready to be concatenated."""
     import ffmpeg as ffm
 
-    v = ffm.input(str(raw)).video.filter("fps", fps=_rate(fps)).filter("tpad", stop=-1, stop_mode="clone")
+    v = ffm.input(str(raw)).video.filter("fps", fps=frame_rate(fps)).filter("tpad", stop=-1, stop_mode="clone")
     v = v.filter("crop", "trunc(iw/2)*2", "trunc(ih/2)*2")
     out = ffm.output(v, str(dst), vcodec="libx264", qp=0, preset="ultrafast", pix_fmt="yuv420p", **{"frames:v": frames}, an=None, f="mp4")
     return [ff_path, "-hide_banner", "-nostdin", "-y", *out.get_args()]
@@ -647,20 +647,26 @@ def concat_list(clips: list[Path], dst: Path) -> Path:
     return dst
 
 
-def _rate(fps: float) -> str:
+def frame_rate(fps: float) -> str:
+    """ffmpeg's spelling of a frame rate."""
     return str(int(fps)) if float(fps).is_integer() else f"{fps:.6f}"
 
 
 _PROGRESS_TIME = re.compile(rb"out_time_us=(\d+)")
 
 
-def run_ffmpeg_job(argv: list[str], *, what: str, total_seconds: float | None = None, on_progress: Callable[[float], None] | None = None, timeout: float | None = None) -> None:
-    """Run a long ffmpeg job, reporting progress (0..1) from ``-progress``."""
-    from .process import kill_group
+def run_ffmpeg_job(argv: list[str], *, what: str, total_seconds: float | None = None, on_progress: Callable[[float], None] | None = None) -> None:
+    """Run a long ffmpeg job, reporting progress (0..1) from ``-progress``.
+
+    It runs in its own process group tied to this process's life, and is
+    known to :func:`process.kill_all_live`, so an interrupt stops it even when
+    another thread started it.
+    """
+    from .process import forget, kill_group, spawn
 
     full = [*argv[:1], "-progress", "pipe:1", "-nostats", *argv[1:]]
     log.debug("ffmpeg: %s", full)
-    proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = spawn(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stderr_chunks: list[bytes] = []
     import threading
 
@@ -677,10 +683,12 @@ def run_ffmpeg_job(argv: list[str], *, what: str, total_seconds: float | None = 
             m = _PROGRESS_TIME.match(line)
             if m and total_seconds and on_progress:
                 on_progress(min(1.0, int(m.group(1)) / 1e6 / total_seconds))
-        rc = proc.wait(timeout=timeout)
+        rc = proc.wait()
     except BaseException:
         kill_group(proc)
         raise
+    finally:
+        forget(proc)
     t.join(timeout=5)
     if rc != 0:
         err = b"".join(stderr_chunks).decode("utf-8", "replace")

@@ -126,7 +126,7 @@ class LipSyncPipeline:
             from .resources.download import Downloader
             from .resources.managers import resources_for
 
-            downloader = self._downloader or Downloader(progress=self.observer.download_bar, on_wait=self.observer.waiting)
+            downloader = self._downloader or Downloader(progress=self.observer.download_bar, on_wait=self.observer.waiting, offline=self.settings.offline)
             self._resources = resources_for(
                 self.engine, self.settings.cache_dir, registry_file=self.settings.registry, offline=self.settings.offline, downloader=downloader, notice=self.observer.notice
             )
@@ -205,10 +205,13 @@ class Run:
             yield
         except KeyboardInterrupt:
             self.report["status"] = "interrupted"
-            if self.hls is not None:
-                self.hls.fail("interrupted")
-            self._write_reports()
-            self._cleanup()
+            try:
+                self._release_chunks()
+                if self.hls is not None:
+                    self.hls.fail("interrupted")
+                self._write_reports()
+            finally:
+                self._cleanup()
             raise Interrupted("interrupted") from None
         except LipsyncError as exc:
             self._failed(exc, {"type": type(exc).__name__, "message": exc.message, "subject": exc.subject, "hint": exc.hint})
@@ -221,7 +224,13 @@ class Run:
         """Drop a staged run that will never render (its temp dir goes, unless --keep-temp)."""
         self._cleanup()
 
+    def _release_chunks(self) -> None:
+        lock = getattr(self, "_chunk_lock", None)
+        if lock is not None and lock.is_locked:
+            lock.release()
+
     def _failed(self, exc: BaseException, info: dict) -> None:
+        self._release_chunks()  # the finished chunks stay for a rerun
         self.report["status"] = "failed"
         self.report["error"] = info
         exc.report = self.report  # type: ignore[attr-defined]
@@ -271,6 +280,8 @@ class Run:
             with self.timer("validate"):
                 self.python, decision = self.p._device_and_python()
                 self.device = decision.device
+                if self.device.kind == "cpu" and getattr(self.p.engine_options, "background_enhancer", None):
+                    log.warning("--background-enhancer runs on a GPU only; upstream skips it on the CPU")
                 from .runtime import package_versions
 
                 self.report["device"] = {"device": str(self.device), "reason": self.device.reason, "gpus": list(decision.gpu_names)}
@@ -307,6 +318,10 @@ class Run:
         report["inputs"]["image_sha256"] = sha256_file(self.image)
         report["inputs"]["audio_sha256"] = sha256_file(self.audio)
         self.audio_check = stage_audio(self.audio, ws.inputs / "audio.wav", ff)
+        for name, src in self.engine.staged_refs(self.p.engine_options).items():
+            from .media import stage_video
+
+            stage_video(Path(src).expanduser(), ws.inputs / f"{name}.mp4", ff)
         a = self.audio_check
         report["inputs"]["audio_info"] = {"duration": round(a.duration, 4), "max_volume_db": a.max_volume_db, **a.info.to_dict()}
         if a.silent:
@@ -334,10 +349,6 @@ class Run:
             self.observer.stage("stage")
             with self.timer("stage"):
                 build_link_farm(prepared.repo_dir, ws.work, self.engine.entry_script, prepared.links())
-                for name, src in self.engine.staged_refs(self.p.engine_options).items():
-                    from .media import stage_video
-
-                    stage_video(Path(src), ws.inputs / f"{name}.mp4", self.ff)
                 self.plan = self._plan()
             if self.opts.hls is not None:
                 from .hls import HlsOutput
@@ -359,6 +370,14 @@ class Run:
         seconds = self.opts.chunk_seconds if self.opts.chunk_seconds is not None else self.engine.default_chunk_seconds
         if not seconds:
             return [None]
+        moving = ["the face video"] if self.face.is_video else []
+        moving += [f"--{n.replace('_', '-')}" for n in self.engine.staged_refs(self.p.engine_options)]
+        if moving:
+            # Every chunk would start the video again from its first frame.
+            if self.opts.chunk_seconds:
+                raise UsageError(f"chunks cannot be used with {' and '.join(moving)}: each chunk would restart it", subject="--chunk-seconds", hint="Drop --chunk-seconds (or set it to 0).")
+            log.info("not rendering in chunks: %s would restart in every chunk", " and ".join(moving))
+            return [None]
         samples, rate = read_wav(self.ws.inputs / "audio.wav")  # type: ignore[union-attr]
         plan = plan_chunks(samples, rate, self.fps, seconds)
         if len(plan) > 1:
@@ -377,7 +396,9 @@ class Run:
         self.report["commands"]["engine"] = command.argv
         self.report["commands"]["engine_cwd"] = str(command.cwd)
         self.observer.stage("engine", f"{self.engine.display_name} on {self.device}" + (f", {label}" if label else ""))
-        timeout = self.opts.timeout or _default_timeout(seconds, self.device)
+        from .runtime import default_timeout
+
+        timeout = self.opts.timeout or default_timeout(seconds, self.device)
         self.report["engine"]["timeout_s"] = round(timeout, 1)
         with self.timer("engine"):
             try:
@@ -410,7 +431,18 @@ class Run:
                 "plan": self.report["chunks"],
             }
         )
-        state = ChunkState(Cache(self.p.settings.cache_dir).base / "chunks", key, self.plan, self.seed)
+        cache = Cache(self.p.settings.cache_dir)
+        # Runs with the same key share these chunks: one at a time, from first render to last use.
+        from filelock import FileLock, Timeout
+
+        self._chunk_lock = FileLock(str(cache.lock_path("chunks", key)), thread_local=False)
+        try:
+            self._chunk_lock.acquire(timeout=0)
+        except Timeout:
+            log.warning("another run is rendering the same chunks; waiting for it")
+            self.observer.waiting("the same chunks")
+            self._chunk_lock.acquire()
+        state = ChunkState(cache.base / "chunks", key, self.plan, self.seed)
         self.chunk_state = state
         if state.seed != self.seed:
             log.info("resuming a chunked run: using its seed %d", state.seed)
@@ -540,6 +572,7 @@ class Run:
             if opts.keep_temp:
                 shutil.copytree(self.chunk_state.dir, ws.root / "chunks", dirs_exist_ok=True)
             shutil.rmtree(self.chunk_state.dir, ignore_errors=True)
+        self._release_chunks()
         kept: list[str] = []
         if opts.keep_temp:
             from .workspace import listing
@@ -555,7 +588,7 @@ class Run:
         versions = getattr(self, "_versions", None)
         if versions is not None and "packages" not in self.report["engine"]:
             try:
-                self.report["engine"]["packages"] = versions.result(timeout=120)
+                self.report["engine"]["packages"] = versions.result(timeout=5 if self.report.get("status") != "ok" else 60)
             except Exception as exc:  # noqa: BLE001 - the report says so instead
                 self.report["engine"]["packages"] = {"error": str(exc)}
         text = json.dumps(self.report, indent=2, default=str)
@@ -592,12 +625,6 @@ def _background(fn, *args):
 
     threading.Thread(target=work, daemon=True).start()
     return fut
-
-
-def _default_timeout(audio_seconds: float, device) -> float:
-    from .runtime import default_timeout
-
-    return default_timeout(audio_seconds, device)
 
 
 def _read_log(path: Path, offset: int = 0) -> str:

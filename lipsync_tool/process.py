@@ -34,7 +34,6 @@ KILL_GRACE_SECONDS = 5.0
 class ProcessResult:
     returncode: int
     seconds: float
-    timed_out: bool = False
 
 
 class ProcessTimeout(Exception):
@@ -53,6 +52,34 @@ def _split_lines(buffer: bytes) -> tuple[list[str], bytes]:
                 lines.append(buffer[start:i].decode("utf-8", "replace"))
             start = i + 1
     return lines, buffer[start:]
+
+
+#: Child processes running now (engines, ffmpeg), so that an interrupt seen
+#: on one thread can stop those that other threads started.
+_LIVE: set[subprocess.Popen] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def spawn(argv: Sequence[str], **kwargs) -> subprocess.Popen:
+    """Start *argv* in its own process group, tied to this process's life, and
+    remember it until :func:`forget` (see :func:`kill_all_live`)."""
+    proc = subprocess.Popen(tied_to_parent(argv), stdin=subprocess.DEVNULL, start_new_session=True, **kwargs)
+    with _LIVE_LOCK:
+        _LIVE.add(proc)
+    return proc
+
+
+def forget(proc: subprocess.Popen) -> None:
+    with _LIVE_LOCK:
+        _LIVE.discard(proc)
+
+
+def kill_all_live(grace: float = 2.0) -> None:
+    """Stop every child still running (Ctrl-C in a batch with worker threads)."""
+    with _LIVE_LOCK:
+        procs = list(_LIVE)
+    for proc in procs:
+        kill_group(proc, grace=grace)
 
 
 def kill_group(proc: subprocess.Popen, grace: float = KILL_GRACE_SECONDS) -> None:
@@ -115,32 +142,39 @@ def run_logged(
     """Run *argv*, appending its output to *log_path*.  Raises ProcessTimeout."""
     started = time.monotonic()
     with open(log_path, "ab") as logfile:
-        proc = subprocess.Popen(
-            tied_to_parent(argv),
-            cwd=str(cwd),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = spawn(argv, cwd=str(cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         log.debug("started pid %d: %s", proc.pid, list(argv))
 
         def pump() -> None:
+            # Whatever happens here, keep draining the pipe: a child blocked on
+            # a full pipe would hang until the timeout.
             assert proc.stdout is not None
             rest = b""
+            writing, calling = True, on_line is not None
             while True:
                 chunk = proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(65536)
                 if not chunk:
                     break
-                logfile.write(chunk)
-                logfile.flush()
-                lines, rest = _split_lines(rest + chunk)
-                for line in lines:
-                    if on_line:
-                        on_line(line)
-            if rest and on_line:
-                on_line(rest.decode("utf-8", "replace"))
+                if writing:
+                    try:
+                        logfile.write(chunk)
+                        logfile.flush()
+                    except (OSError, ValueError) as exc:  # a full disk, or the log closed: the run goes on, the log stops
+                        log.warning("cannot write %s any more: %s", log_path, exc)
+                        writing = False
+                if calling:
+                    lines, rest = _split_lines(rest + chunk)
+                    try:
+                        for line in lines:
+                            on_line(line)  # type: ignore[misc]
+                    except Exception:  # noqa: BLE001 - a progress callback must not stop the drain
+                        log.exception("the engine output callback failed; output goes to the log only")
+                        calling = False
+            if rest and calling:
+                try:
+                    on_line(rest.decode("utf-8", "replace"))  # type: ignore[misc]
+                except Exception:  # noqa: BLE001
+                    pass
 
         reader = threading.Thread(target=pump, name="engine-log", daemon=True)
         reader.start()
@@ -155,18 +189,8 @@ def run_logged(
             # Ctrl-C, SIGTERM turned into an exception, or the timeout above.
             kill_group(proc)
             raise
+        finally:
+            forget(proc)
         _reap_group(proc.pid)
-        reader.join(timeout=10)
+        reader.join(timeout=30)  # the pipe is at EOF once the group is gone
     return ProcessResult(returncode=returncode, seconds=time.monotonic() - started)
-
-
-def run_captured(argv: Sequence[str], *, timeout: float | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run a short helper command (ffmpeg, pip, git) and capture its output."""
-    return subprocess.run(
-        list(argv),
-        cwd=str(cwd) if cwd else None,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-    )

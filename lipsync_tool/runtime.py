@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +39,11 @@ def _run_python(python: str, code: str, timeout: float = 120) -> str:
         proc = subprocess.run([python, "-c", code], capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise DependencyError(f"cannot run {python}: {exc}", subject="--python") from None
-    if proc.returncode != 0:
-        raise DependencyError(
-            f"{python} failed: {proc.stderr.decode('utf-8', 'replace').strip().splitlines()[-1:]}",
-            subject="--python",
-        )
-    return proc.stdout.decode("utf-8", "replace").strip().splitlines()[-1]
+    lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise DependencyError(f"{python} failed: {err[-1] if err else f'exit {proc.returncode}'}", subject="--python")
+    return lines[-1]
 
 
 _VERSIONS = """
@@ -112,11 +112,14 @@ def resolve_device(requested: str, python: str, *, driver_present: bool | None =
         return DeviceDecision(Device("cpu", reason="no GPU driver found on this machine"))
     info = probe_cuda(python)
     if info.get("torch") is None:
-        raise DependencyError(
-            f"torch is not installed in {python}",
-            subject="torch",
-            hint="Run again with --install-deps, or install the engine's extra: pip install 'lipsync-tool[all]'.",
-        )
+        error = info.get("error") or ""
+        if "No module named 'torch'" in error or not error:
+            raise DependencyError(
+                f"torch is not installed in {python}",
+                subject="torch",
+                hint="Run again with --install-deps, or install the engine's extra: pip install 'lipsync-tool[all]'.",
+            )
+        raise DependencyError(f"torch cannot be imported in {python}: {error}", subject="torch", hint="Reinstall torch in that environment.")
     names = tuple(info.get("names") or ())
     if requested == "auto":
         if info.get("cuda"):
@@ -131,7 +134,12 @@ def resolve_device(requested: str, python: str, *, driver_present: bool | None =
     index = int(requested.split(":", 1)[1]) if ":" in requested else None
     if index is not None and index >= int(info.get("count") or 0):
         raise DeviceError(f"{requested} was asked for, but only {info.get('count')} GPU(s) are visible", subject="--device")
-    return DeviceDecision(Device("cuda", index, reason=requested), info["torch"], names)
+    visible_id = None
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if index is not None and inherited:
+        ids = [i.strip() for i in inherited.split(",") if i.strip()]
+        visible_id = ids[index] if index < len(ids) else None
+    return DeviceDecision(Device("cuda", index, reason=requested, visible_id=visible_id), info["torch"], names)
 
 
 def default_timeout(audio_seconds: float, device: Device) -> float:
@@ -162,7 +170,10 @@ print(json.dumps(out))
 
 
 def unsatisfied(python: str, requirements: list[str]) -> list[str]:
-    proc = subprocess.run([python, "-c", _SATISFIED, json.dumps(requirements)], capture_output=True, check=False, stdin=subprocess.DEVNULL, timeout=120)
+    try:
+        proc = subprocess.run([python, "-c", _SATISFIED, json.dumps(requirements)], capture_output=True, check=False, stdin=subprocess.DEVNULL, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DependencyError(f"cannot inspect the packages of {python}: {exc}", subject="--python") from None
     if proc.returncode != 0:
         raise DependencyError(f"cannot inspect the packages of {python}: {proc.stderr.decode('utf-8', 'replace').strip()[-300:]}", subject="--python")
     state = json.loads(proc.stdout.decode().strip().splitlines()[-1])
@@ -184,8 +195,24 @@ def pip_install_argv(python: str, pip_args: tuple[str, ...], reqs: list[str]) ->
     return [python, "-m", "pip", "install", "--disable-pip-version-check", *pip_args, *reqs]
 
 
+_INSTALL_LOCK = threading.Lock()
+_INSTALLED: set[tuple[str, str]] = set()
+
+
 def install_deps(engine: Engine, python: str, *, log_path: Path | None = None) -> list[str]:
-    """Install what *engine* needs into *python*; returns what was installed."""
+    """Install what *engine* needs into *python*; returns what was installed.
+
+    Once per (engine, interpreter) and process, and never two pip runs at
+    once (batch jobs stage on several threads)."""
+    with _INSTALL_LOCK:
+        if (engine.name, python) in _INSTALLED:
+            return []
+        installed = _install(engine, python, log_path)
+        _INSTALLED.add((engine.name, python))
+        return installed
+
+
+def _install(engine: Engine, python: str, log_path: Path | None) -> list[str]:
     installed: list[str] = []
     for pip_args, missing in install_plan(engine, python):
         argv = pip_install_argv(python, pip_args, missing)

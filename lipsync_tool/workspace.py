@@ -55,7 +55,7 @@ def build_link_farm(repo: Path, work: Path, entry_script: str, links: dict[str, 
         rel = Path(dirpath).relative_to(repo)
         target_dir = work / rel
         target_dir.mkdir(parents=True, exist_ok=True)
-        for d in dirnames:
+        for d in list(dirnames):
             src = Path(dirpath) / d
             if src.is_symlink():  # a symlinked dir in the repo: link it as is
                 os.symlink(os.readlink(src), target_dir / d)
@@ -75,6 +75,9 @@ def build_link_farm(repo: Path, work: Path, entry_script: str, links: dict[str, 
         count += 1
     (work / "results").mkdir(exist_ok=True)
     (work / "temp").mkdir(exist_ok=True)
+    inputs = work / "lipsync_inputs"
+    if not inputs.exists():
+        os.symlink(work.parent / "inputs", inputs)
     return count
 
 

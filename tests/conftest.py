@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,10 @@ def _no_network(monkeypatch):
 def _isolated(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("LIPSYNC_TOOL_CACHE", str(cache))
+    # Runs' temp dirs (kept ones included) go under pytest's own tmp, not /tmp.
+    tmp = tmp_path_factory.mktemp("tmp")
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     for var in ("LIPSYNC_TOOL_REGISTRY", "LIPSYNC_TOOL_OFFLINE", "LIPSYNC_TOOL_DEBUG", "LIPSYNC_TOOL_FFMPEG"):
         monkeypatch.delenv(var, raising=False)
     # Proxies would route loopback requests elsewhere.

@@ -398,7 +398,8 @@ def test_resume_decision(expected, report, exists, force, overwrite, action, rea
     d = resume_decision(expected, output_exists=exists, report=report, force=force, overwrite=overwrite)
     assert d.action == action
     assert reason in d.reason
-    assert d.overwrite == (action == "run" and exists)
+    # Replacing is allowed for an existing output being rerun, and for an unfinished job's leftovers.
+    assert d.overwrite == (action == "run" and (exists or report is not None))
 
 
 # -- failures, summary, exit codes --------------------------------------------------------------

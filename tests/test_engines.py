@@ -110,14 +110,15 @@ def test_wav2lip_face_path_survives_upstreams_split(ws):
     assert face.split(".")[1] == "png"
 
 
-def test_wav2lip_unsafe_workspace_path_is_passed_relative(tmp_path):
+def test_wav2lip_unsafe_workspace_path_is_passed_through_the_inputs_link(tmp_path):
     root = tmp_path / "has space.and.dots" / "lipsync-x"
     (root / "inputs").mkdir(parents=True)
     (root / "work").mkdir()
     wsu = Workspace(root)
     argv = w2l_argv(wsu)
-    assert argv[argv.index("--face") + 1] == "../inputs/face.png"
-    assert argv[argv.index("--audio") + 1] == "../inputs/audio.wav"
+    face = argv[argv.index("--face") + 1]
+    assert face == "lipsync_inputs/face.png" and face.split(".")[1] == "png"
+    assert argv[argv.index("--audio") + 1] == "lipsync_inputs/audio.wav"
 
 
 @pytest.mark.parametrize(("device", "env"), [(CPU, {"CUDA_VISIBLE_DEVICES": ""}), (GPU1, {"CUDA_VISIBLE_DEVICES": "1"}), (GPU, {})])

@@ -182,3 +182,30 @@ def test_audio_is_converted_once_to_16k_mono(fake_engine, cli, media, tmp_path, 
     assert staged.audio.sample_rate == 16000 and staged.audio.channels == "mono" and staged.audio.codec == "pcm_s16le"
     # the published audio is the original (48 kHz), encoded once to AAC
     assert probe(out).audio.sample_rate == 48000
+
+
+def test_runs_sharing_chunks_at_once_both_succeed(fake_engine, media, long_speech, tmp_path):
+    """Same inputs and engine options, other output settings: the same chunk key.
+    The second run waits for the first instead of losing its chunks."""
+    import threading
+
+    from lipsync_tool import LipSyncPipeline
+
+    results, errors = {}, []
+
+    def run(height: int) -> None:
+        try:
+            pipe = LipSyncPipeline(engine="fake", chunk_seconds=3, target_height=height, x264_preset="ultrafast", seed=5, fake_sleep=0.5)
+            results[height] = pipe.run(media.portrait(f"p{height}.jpg"), long_speech, tmp_path / f"o{height}.mp4")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(h,)) for h in (720, 1080)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    for h in (720, 1080):
+        info = probe(tmp_path / f"o{h}.mp4", measure=True)
+        assert info.video.height == h and info.video.frames == round(LENGTH * 25)

@@ -361,3 +361,37 @@ def test_engine_ffmpeg_shim_rewrites_only_the_final_mux(tmp_path, ff):
     assert run("-y", "-i", "a.wav", "-i", "temp/result.avi", "-strict", "-2", "-q:v", "1", "results/out.mp4") == "-y -i a.wav -i temp/result.avi -strict -2 -c:v copy results/out.mp4"
     assert run("-y", "-i", "x.mp3", "-strict", "-2", "temp/temp.wav") == "-y -i x.mp3 -strict -2 temp/temp.wav"
     assert run("-i", "a", "-c:v", "libx264", "results/out.mp4") == "-i a -c:v libx264 results/out.mp4"
+
+
+def test_link_farm_links_inputs_and_every_symlinked_folder(tmp_path):
+    from lipsync_tool.workspace import build_link_farm, create_workspace
+
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "inference.py").write_text("print(1)\n")
+    (repo / "pkg" / "mod.py").write_text("x = 1\n")
+    (tmp_path / "shared1").mkdir()
+    (tmp_path / "shared2").mkdir()
+    os.symlink(tmp_path / "shared1", repo / "a_link")
+    os.symlink(tmp_path / "shared2", repo / "b_link")
+    ckpt = tmp_path / "w.pth"
+    ckpt.write_bytes(b"w")
+    ws = create_workspace(tmp_path)
+    build_link_farm(repo, ws.work, "inference.py", {"weights/w.pth": ckpt})
+    assert (ws.work / "a_link").is_symlink() and (ws.work / "b_link").is_symlink()
+    assert (ws.work / "pkg").is_dir() and not (ws.work / "pkg").is_symlink() and (ws.work / "pkg" / "mod.py").is_symlink()
+    assert (ws.work / "inference.py").is_file() and not (ws.work / "inference.py").is_symlink()
+    assert (ws.work / "weights" / "w.pth").resolve() == ckpt.resolve()
+    assert (ws.work / "lipsync_inputs").resolve() == ws.inputs.resolve()
+
+
+def test_seed_reaches_the_engine_process(fake_engine, media, cli, tmp_path):
+    def first_random(seed: str) -> str:
+        report = tmp_path / f"r{seed}-{len(list(tmp_path.iterdir()))}.json"
+        r = cli(media.portrait(), media.audio(seconds=0.6), tmp_path / f"o{report.stem}.mp4", "--engine", "fake", "--no-upscale", "--seed", seed, "--keep-temp", "--report", report)
+        assert r.code == 0, r.output
+        log = (Path(json.loads(report.read_text())["temp_dir"]) / "engine.log").read_text()
+        return next(line for line in log.splitlines() if line.startswith("first random number"))
+
+    assert first_random("42") == first_random("42")
+    assert first_random("42") != first_random("43")

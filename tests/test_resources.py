@@ -145,10 +145,12 @@ def test_a_corrupt_partial_is_caught_by_the_hash(server, cache, blob):
     dest = cache.checkpoint_path("eng", "model.pth")
     dest.parent.mkdir(parents=True)
     (dest.parent / "model.pth.1-aaaaaa.incomplete").write_bytes(b"\x00" * 1000)
-    server.add("/m.pth", blob)
-    server.add("/m2.pth", blob)
+    first = server.add("/m.pth", blob)
+    second = server.add("/m2.pth", blob)
     r = fetch(cache, spec_for(blob, server.url("/m.pth"), server.url("/m2.pth")))
-    assert r.path.read_bytes() == blob and r.url == server.url("/m2.pth")
+    # The bad leftover is blamed, not the mirror: the same mirror again, from byte 0.
+    assert r.path.read_bytes() == blob and r.url == server.url("/m.pth")
+    assert [q["range"] for q in first.requests] == ["bytes=1000-", None] and second.requests == []
 
 
 def test_two_processes_download_one_file_once(server, tmp_path, blob):
@@ -176,6 +178,34 @@ def test_two_processes_download_one_file_once(server, tmp_path, blob):
     assert len(route.requests) == 1
     path = Cache(tmp_path / "shared").checkpoint_path("eng", "model.pth")
     assert hashlib.sha256(path.read_bytes()).hexdigest() == spec.sha256
+
+
+def test_unusable_mirror_urls_are_skipped(server, cache, blob):
+    server.add("/m.pth", blob)
+    r = fetch(cache, spec_for(blob, "ftp://example.invalid/m.pth", "http://[bad", server.url("/m.pth")))
+    assert r.url == server.url("/m.pth")
+    assert [a[1].split(":")[0] for a in r.attempts] == ["InvalidSchema", "InvalidURL"]
+
+
+def test_offline_never_touches_the_network_and_keeps_an_unverified_file(server, cache, blob, tmp_path):
+    route = server.add("/m.pth", blob)
+    spec = spec_for(blob, server.url("/m.pth"))
+    with pytest.raises(OfflineError):
+        fetch(cache, spec, Downloader(offline=True))
+    dest = cache.checkpoint_path("eng", "model.pth")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(blob[:-1] + b"x")  # a damaged copy, carried to an air-gapped machine
+    with pytest.raises(OfflineError) as info:
+        fetch(cache, spec, Downloader(offline=True))
+    assert "does not match the registry" in str(info.value)
+    assert dest.exists() and route.requests == []
+    dest.write_bytes(blob)  # a good copy verifies locally
+    assert fetch(cache, spec, Downloader(offline=True)).action == "verified"
+    local = tmp_path / "mirror.pth"
+    local.write_bytes(blob)
+    other = spec_for(blob, server.url("/m.pth"), local.as_uri(), name="other.pth")
+    assert fetch(cache, other, Downloader(offline=True)).url == local.as_uri()
+    assert route.requests == []
 
 
 def test_file_url_mirrors_work(cache, tmp_path, blob):
@@ -482,3 +512,15 @@ def test_cache_layout_is_documented():
     doc = cache_module.__doc__
     for piece in ("v1/", "repos/<engine>/", "<commit>.ready", ".incomplete", ".stamp", "locks/"):
         assert piece in doc
+
+
+def test_cache_clean_skips_an_entry_in_use(served_ckpt, cli, fake_engine):
+    from filelock import FileLock
+
+    assert cli("setup", "--engine", "fake").code == 0
+    cache = Cache(Path(os.environ["LIPSYNC_TOOL_CACHE"]))
+    with FileLock(str(cache.lock_path("ckpt", "fake", "fake.ckpt"))):
+        r = cli("cache", "clean", "--engine", "fake")
+    assert r.code == 0 and "skipped fake/fake.ckpt: in use" in r.stdout
+    assert cache.checkpoint_path("fake", "fake.ckpt").is_file()
+    assert not cache.repo_root("fake").exists()  # the clone was not in use

@@ -14,7 +14,6 @@ exact argv.
 
 from __future__ import annotations
 
-import os
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -70,6 +69,9 @@ class Device:
     kind: str  # "cpu" or "cuda"
     index: int | None = None
     reason: str = ""
+    #: The CUDA_VISIBLE_DEVICES entry of GPU *index* (under a scheduler that
+    #: already restricts the visible GPUs, cuda:0 may be physical GPU 3).
+    visible_id: str | None = None
 
     def __str__(self) -> str:
         return self.kind if self.index is None else f"{self.kind}:{self.index}"
@@ -79,7 +81,7 @@ class Device:
         if self.kind == "cpu":
             return {"CUDA_VISIBLE_DEVICES": ""}
         if self.index is not None:
-            return {"CUDA_VISIBLE_DEVICES": str(self.index)}
+            return {"CUDA_VISIBLE_DEVICES": self.visible_id if self.visible_id is not None else str(self.index)}
         return {}
 
 
@@ -127,13 +129,19 @@ class Workspace:
     def log(self) -> Path:
         return self.root / "engine.log"
 
+    @property
+    def inputs_link(self) -> Path:
+        """``work/lipsync_inputs`` → ``inputs/``: a safe relative spelling."""
+        return self.work / "lipsync_inputs"
+
     def engine_path(self, p: Path) -> str:
         """The spelling of *p* to hand upstream: absolute when that is safe for
-        upstream's string handling, otherwise relative to the working dir."""
+        upstream's string handling (no dots but the extension's, no spaces),
+        otherwise through the working dir's ``lipsync_inputs`` link."""
         absolute = str(p.absolute())
         if is_safe_path(absolute):
             return absolute
-        return os.path.relpath(p, self.work)
+        return f"{self.inputs_link.name}/{p.name}"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from ..errors import EngineOOMError, FaceNotFoundError, LipsyncError, UsageError
+from ..errors import EngineOOMError, FaceNotFoundError, InputError, LipsyncError, UsageError
 from .base import CheckpointSpec, Command, Engine, EngineOptions, Job, RepoSpec, Workspace, field_cli, format_number, is_cuda_oom, tail_lines
 from .compat import is_cpu_oom, translate_common
 
@@ -335,6 +335,12 @@ class SadTalker(Engine):
         for label, folder in (("--checkpoint-dir", o.checkpoint_dir), ("--gfpgan-dir", o.gfpgan_dir)):
             if folder is not None and not Path(folder).expanduser().is_dir():
                 raise UsageError(f"{folder} is not a folder", subject=label)
+        for label, video in (("--ref-eyeblink", o.ref_eyeblink), ("--ref-pose", o.ref_pose)):
+            if video is not None and not Path(video).expanduser().is_file():
+                raise InputError(f"no such file (given as {label})", subject=video)
+        if o.background_enhancer and not o.enhancer:
+            # Upstream only runs the background upsampler inside the face enhancer.
+            raise UsageError("needs --enhancer gfpgan or RestoreFormer; upstream ignores it otherwise", subject="--background-enhancer")
 
     def build_command(self, job: Job, options: EngineOptions, ws: Workspace) -> Command:
         o = _resolved(options)

@@ -216,6 +216,8 @@ class Wav2Lip(Engine):
 
     def validate(self, options: EngineOptions, *, face_is_video: bool) -> None:
         assert isinstance(options, Wav2LipOptions)
+        if options.checkpoint_name is None and not Path(options.wav2lip_checkpoint).expanduser().is_file():
+            raise InputError("no such file (given as --wav2lip-checkpoint)", subject=options.wav2lip_checkpoint, hint="Give wav2lip, wav2lip_gan, or the path of a .pth file.")
         if not face_is_video:
             video_only = [
                 flag

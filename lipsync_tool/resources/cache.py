@@ -126,7 +126,9 @@ class Cache:
         """Leftover ``.incomplete`` files of *file*, largest first."""
         if not file.parent.is_dir():
             return []
-        found = [p for p in file.parent.glob(glob_escape(file.name) + ".*.incomplete") if p.is_file()]
+        import glob
+
+        found = [p for p in file.parent.glob(glob.escape(file.name) + ".*.incomplete") if p.is_file()]
         return sorted(found, key=lambda p: p.stat().st_size, reverse=True)
 
     # misc
@@ -141,6 +143,55 @@ class Cache:
 
     def notice_marker(self, engine: str) -> Path:
         return self.base / "notices" / engine
+
+    def chunks_dir(self) -> Path:
+        return self.base / "chunks"
+
+    def clean(self, engines: list[str], *, partial_only: bool, chunks: bool = True) -> tuple[int, list[str]]:
+        """Delete cache entries; returns (bytes freed, entries skipped as in use).
+
+        Each entry is deleted under its own lock, so a download, clone or
+        chunked render in another process is never pulled from under it.
+        ``partial_only`` deletes only interrupted downloads and clones, and
+        the chunks of unfinished chunked runs.
+        """
+        from filelock import FileLock, Timeout
+
+        freed, busy = 0, []
+
+        def under_lock(lock: Path, what: str, delete) -> None:
+            nonlocal freed
+            try:
+                with FileLock(str(lock), timeout=0):
+                    freed += delete()
+            except Timeout:
+                busy.append(what)
+
+        def remove(path: Path) -> int:
+            size = self.size_of(path)
+            rmtree_force(path)
+            return size
+
+        for engine in engines:
+            ckdir = self.checkpoint_dir(engine)
+            names = sorted({_entry_name(p.name) for p in ckdir.iterdir()}) if ckdir.is_dir() else []
+            for name in names:
+                files = [p for p in ckdir.iterdir() if _entry_name(p.name) == name]
+                if partial_only:
+                    files = [p for p in files if p.name.endswith(".incomplete")]
+                if files:
+                    under_lock(self.lock_path("ckpt", engine, name), f"{engine}/{name}", lambda fs=files: sum(remove(f) for f in fs))
+            root = self.repo_root(engine)
+            if root.is_dir():
+                targets = list(root.glob(".staging-*")) if partial_only else [root]
+                if targets:
+                    under_lock(self.lock_path("repo", engine), f"{engine} repository", lambda ts=targets: sum(remove(t) for t in ts))
+            if not partial_only and ckdir.is_dir() and not busy:
+                rmtree_force(ckdir)
+        if chunks and self.chunks_dir().is_dir():
+            for run in self.chunks_dir().iterdir():
+                under_lock(self.lock_path("chunks", run.name), f"chunks {run.name}", lambda r=run: remove(r))
+        return freed, busy
 
     def engines_present(self) -> list[str]:
         names = set()
@@ -165,10 +216,13 @@ class Cache:
         return total
 
 
-def glob_escape(name: str) -> str:
-    import glob
-
-    return glob.escape(name)
+def _entry_name(filename: str) -> str:
+    """The checkpoint a cache file belongs to (``x.pth.stamp``, ``x.pth.1-ab.incomplete`` → ``x.pth``)."""
+    if filename.endswith(".stamp"):
+        return filename[: -len(".stamp")]
+    if filename.endswith(".incomplete"):
+        return filename[: -len(".incomplete")].rsplit(".", 1)[0]
+    return filename
 
 
 def verified_stamp(file: Path, expected_sha256: str | None = None) -> Stamp | None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..engines.base import CheckpointSpec
-from ..errors import DownloadError
+from ..errors import DownloadError, OfflineError, ResourceError
 from .cache import Cache, Stamp, sha256_file, verified_stamp, write_stamp
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ class Downloader:
         timeout: tuple[float, float] = (15.0, 60.0),
         lock_timeout: float = -1,
         on_wait: Callable[[str], None] | None = None,
+        offline: bool = False,
     ):
         self._session = session
         self.progress = progress
@@ -143,6 +144,9 @@ class Downloader:
         self.timeout = timeout
         self.lock_timeout = lock_timeout
         self.on_wait = on_wait
+        #: No network: only file:// mirrors, and a cached file that fails
+        #: verification is reported, not deleted (it cannot be fetched again).
+        self.offline = offline
 
     @property
     def session(self):
@@ -181,6 +185,11 @@ class Downloader:
                     write_stamp(dest, spec.sha256)
                     return FetchResult(dest, spec.sha256, "verified")
                 old = Stamp.load(Cache.stamp_path(dest))
+                if self.offline and not _local_urls(spec):
+                    raise OfflineError(
+                        [f"{spec.name}: {dest} is in the cache but does not match the registry (expected sha256 {spec.sha256})"],
+                        hint="Bring a good copy of the file (or the whole cache) from a machine with network, or fix the registry override.",
+                    )
                 if old is not None and old.sha256 != spec.sha256:
                     log.info("the registry now expects another %s (sha256 %s, the cache has %s); fetching it", spec.name, spec.sha256[:12], old.sha256[:12])
                 else:
@@ -192,10 +201,16 @@ class Downloader:
             lock.release()
 
     def _download(self, spec: CheckpointSpec, dest: Path) -> FetchResult:
+        urls = _local_urls(spec) if self.offline else list(spec.urls)
+        if not urls:
+            raise OfflineError([f"{spec.name} ({spec.size:,} bytes) → {dest}"], hint="Give a file:// mirror in a registry override, or run 'lipsync-tool setup' where there is network.")
         partial = _Partial(self._adopt_partial(dest))
+        resumed = partial.size > 0
         attempts: list[tuple[str, str]] = []
         transferred = 0
-        for url in spec.urls:
+        queue = list(urls)
+        while queue:
+            url = queue.pop(0)
             try:
                 transferred += self._from_mirror(spec, url, partial)
             except _NextMirror as exc:
@@ -203,10 +218,17 @@ class Downloader:
                 log.info("%s: %s: %s", spec.name, url, exc)
                 continue
             except _Mismatch as exc:
+                partial.reset()
+                if resumed:  # the leftover partial was bad, not necessarily this mirror: once more from zero
+                    resumed = False
+                    log.info("%s: the resumed partial download did not verify; fetching %s from the start", spec.name, url)
+                    queue.insert(0, url)
+                    continue
                 attempts.append((url, "size or sha256 mismatch"))
                 log.warning("%s", exc)
-                partial.reset()
                 continue
+            except OSError as exc:  # the disk, not the mirror: no point trying others
+                raise ResourceError(f"cannot write {partial.path}: {exc.strerror or exc}", subject=spec.name, hint="Free disk space or choose another --cache-dir.") from None
             with open(partial.path, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(partial.path, dest)
@@ -240,7 +262,7 @@ class Downloader:
 
     def _from_mirror(self, spec: CheckpointSpec, url: str, partial: _Partial) -> int:
         """Complete *partial* from *url*; returns the bytes transferred."""
-        if urllib.parse.urlsplit(url).scheme == "file":
+        if _scheme(url) == "file":
             return self._from_file(spec, url, partial)
         import requests
 
@@ -257,6 +279,8 @@ class Downloader:
                 why = "the connection closed before the whole file arrived"
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
                 why = f"connection error ({exc.__class__.__name__})"
+            except (requests.RequestException, ValueError) as exc:  # a bad URL, scheme or redirect loop: this mirror is unusable
+                raise _NextMirror(f"{exc.__class__.__name__}: {exc}") from None
             except _Retryable as exc:
                 why = str(exc)
             tries += 1
@@ -342,6 +366,17 @@ class Downloader:
 
 class _Retryable(Exception):
     pass
+
+
+def _scheme(url: str) -> str:
+    try:
+        return urllib.parse.urlsplit(url).scheme
+    except ValueError:  # e.g. a broken IPv6 literal
+        return ""
+
+
+def _local_urls(spec: CheckpointSpec) -> list[str]:
+    return [u for u in spec.urls if _scheme(u) == "file"]
 
 
 def _file_url_path(url: str) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..engines import get_engine
 from ..engines.base import CheckpointSpec, Engine, EngineOptions
-from ..errors import InputError, OfflineError
+from ..errors import InputError, OfflineError, ResourceError
 from .cache import Cache, Stamp, atomic_write_text, sha256_file, verified_stamp
 from .download import Downloader, FetchResult
 from .registry import EngineRegistry, load_registry
@@ -83,7 +83,14 @@ class EngineResources:
         self.cache = Cache(cache_dir)
         self.registry: EngineRegistry = load_registry(self.engine, registry_file)
         self.offline = offline
-        self.downloader = downloader or Downloader()
+        self.downloader = downloader or Downloader(offline=offline)
+        self.downloader.offline = self.downloader.offline or offline
+        try:
+            self.cache.base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ResourceError(
+                f"cannot use it as the cache folder: {exc.strerror or exc}", subject=self.cache.root, hint="Choose another one with --cache-dir or LIPSYNC_TOOL_CACHE."
+            ) from None
         self.notice = notice
 
     # -- what is needed -----------------------------------------------------------------
@@ -144,7 +151,7 @@ class EngineResources:
             missing.append(f"repository {self.registry.repo.url} @ {self.registry.repo.commit}")
         for spec in specs:
             path = self.cache.checkpoint_path(self.engine.name, spec.name)
-            if verified_stamp(path, spec.sha256) is None and not path.is_file() and not any(u.startswith("file:") for u in spec.urls):
+            if verified_stamp(path, spec.sha256) is None and not path.is_file() and not any(u.startswith("file:") for u in spec.urls):  # an unverified file is verified locally later
                 missing.append(f"{spec.name} ({spec.size:,} bytes) → {path}")
         if missing:
             raise OfflineError(

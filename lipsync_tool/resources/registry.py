@@ -76,6 +76,8 @@ def read_override(path: Path, engines: dict[str, type[Engine]]) -> dict[str, Any
             if key == "commit" and (not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{40}", value)):
                 raise _fail(path, f"{engine}.commit", "must be a full 40-character lower-case commit sha")
         known = {c.name for c in engines[engine].checkpoints}
+        if not isinstance(section.get("checkpoints", {}), dict):
+            raise _fail(path, f"{engine}.checkpoints", 'must be tables, e.g. [wav2lip.checkpoints."wav2lip_gan.pth"]')
         for name, entry in (section.get("checkpoints") or {}).items():
             where = f'{engine}.checkpoints."{name}"'
             if name not in known:

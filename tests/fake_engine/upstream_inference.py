@@ -40,6 +40,9 @@ print("Using cpu for inference.")
 with open(args.checkpoint_path, "rb") as f:
     print("checkpoint sha256", hashlib.sha256(f.read()).hexdigest())
 print("seed", os.environ.get("LIPSYNC_TOOL_SEED"))
+import random  # noqa: E402
+
+print("first random number", random.random())  # seeded by lipsync-tool's sitecustomize
 os.makedirs("temp", exist_ok=True)
 open("temp/written_by_engine.txt", "w").write("relative writes land in the run's work dir\n")
 
