@@ -15,12 +15,10 @@ ffmpeg on PATH, CUDA hidden, and lipsync-tool's compat shims on PYTHONPATH,
 without which upstream fails on librosa >= 0.10 (and, for these weights, on
 torch >= 2.6's weights_only default).
 
-With ``--what-if`` a fifth command runs the tool with the engine environment's
-``PYTHONPYCACHEPREFIX`` removed (patched in the tool's process only), to
-measure what that variable costs (``results/engine_overhead_with_pycache_prefix.json``
-was made that way, before the pipeline dropped it).  The tool's own report
-gives the profile of each run (validate, resources, stage, engine, upscale,
-publish).
+The tool's own report gives the profile of each run (validate, resources,
+stage, engine, upscale, publish).  ``results/engine_overhead_with_pycache_prefix.json``
+is an earlier run, from before the pipeline stopped setting PYTHONPYCACHEPREFIX
+for the engine (that run also timed the tool with the variable patched out).
 
 Reproduce (about 7 minutes on 2 cores)::
 
@@ -50,21 +48,6 @@ BOX = ("100", "100", "400", "420")  # X1 Y1 X2 Y2
 UPSTREAM_BOX = ("100", "420", "100", "400")  # top bottom left right
 SECONDS = 3.0
 
-WHAT_IF = """
-import sys
-import lipsync_tool.pipeline as pipeline
-_orig = pipeline.Run._engine_env
-def _engine_env(self, *args, **kwargs):
-    env = _orig(self, *args, **kwargs)
-    env.pop("PYTHONPYCACHEPREFIX", None)
-    return env
-pipeline.Run._engine_env = _engine_env
-from lipsync_tool.cli import main
-sys.argv[0] = "lipsync-tool"
-main()
-"""
-
-
 def ffmpeg_path() -> str:
     from lipsync_tool.media import find_ffmpeg
 
@@ -91,9 +74,6 @@ def summarize(runs: dict[str, list[float]]) -> dict[str, float]:
         "no_upscale_ratio_per_rep_median": round(statistics.median(t / d for t, d in zip(runs["tool"], runs["direct"])), 3),
         "with_upscale_ratio_per_rep_median": round(statistics.median(t / d for t, d in zip(runs["tool+upscale"], runs["direct+ffmpeg"])), 3),
     }
-    what_if = runs.get("tool (no PYTHONPYCACHEPREFIX)")
-    if what_if:
-        out["no_upscale_ratio_without_pycache_prefix"] = round(med["tool (no PYTHONPYCACHEPREFIX)"] / med["direct"], 3)
     return out
 
 
@@ -103,7 +83,6 @@ def main() -> int:
     p.add_argument("--python", required=True, help="the engine's interpreter")
     p.add_argument("--weights", type=Path, required=True, help="make_weights.py's output dir (registry.toml, wav2lip_gan.pth)")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--what-if", action="store_true", help="also time the tool without PYTHONPYCACHEPREFIX in the engine's environment")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "engine_overhead.json")
     p.add_argument("--keep", action="store_true", help="keep the scratch dir")
     args = p.parse_args()
@@ -125,10 +104,9 @@ def main() -> int:
     tool_env.pop("LIPSYNC_TOOL_SHIM_DEBUG", None)
     common = [str(face), str(audio), "--engine", "wav2lip", "--python", args.python, "--registry", str(registry), "--wav2lip-box", *BOX, "--device", "cpu", "--seed", "1", "--overwrite"]
 
-    def tool(name: str, *extra: str, what_if: bool = False) -> tuple[list[str], Path]:
+    def tool(name: str, *extra: str) -> tuple[list[str], Path]:
         report = scratch / f"{name}.json"
-        head = [sys.executable, "-c", WHAT_IF] if what_if else [sys.executable, "-m", "lipsync_tool"]
-        return head + ["run", *common[:2], str(scratch / f"{name}.mp4"), *common[2:], "--report", str(report), *extra], report
+        return [sys.executable, "-m", "lipsync_tool", "run", *common[:2], str(scratch / f"{name}.mp4"), *common[2:], "--report", str(report), *extra], report
 
     # the direct call: a plain copy of the checkout with the checkpoint and ffmpeg where upstream wants them
     direct_dir = scratch / "Wav2Lip"
@@ -160,8 +138,6 @@ def main() -> int:
     timed(direct_argv, cwd=direct_dir, env=direct_env, log=scratch / "direct_warmup.log")
 
     runs: dict[str, list[float]] = {"tool": [], "direct": [], "tool+upscale": [], "direct+ffmpeg": []}
-    if args.what_if:
-        runs["tool (no PYTHONPYCACHEPREFIX)"] = []
     profiles: dict[str, list[dict]] = {k: [] for k in runs}
     for rep in range(args.reps):
         argv, report = tool("tool", "--no-upscale")
@@ -173,10 +149,6 @@ def main() -> int:
         profiles["tool+upscale"].append(json.loads(report.read_text())["timings"])
         t = timed(direct_argv, cwd=direct_dir, env=direct_env, log=scratch / "direct2.log")
         runs["direct+ffmpeg"].append(t + timed(upscale_argv, log=scratch / "upscale.log"))
-        if args.what_if:
-            argv, report = tool("whatif", "--no-upscale", what_if=True)
-            runs["tool (no PYTHONPYCACHEPREFIX)"].append(timed(argv, env=tool_env, log=scratch / "whatif.log"))
-            profiles["tool (no PYTHONPYCACHEPREFIX)"].append(json.loads(report.read_text())["timings"])
         print(f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in runs.items()), flush=True)
 
     med = {k: round(statistics.median(v), 2) for k, v in runs.items()}
