@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .pipeline import LipSyncPipeline, RunResult
+    from .pipeline import LipSyncPipeline, OptionInfo, RunResult
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("LipSyncPipeline", "RunResult"):
+    if name in ("LipSyncPipeline", "OptionInfo", "RunResult"):
         from . import pipeline
 
         return getattr(pipeline, name)
@@ -36,4 +36,4 @@ def available_engines() -> list[str]:
     return _available()
 
 
-__all__ = ["LipSyncPipeline", "RunResult", "__version__", "available_engines", "get_engine"]
+__all__ = ["LipSyncPipeline", "OptionInfo", "RunResult", "__version__", "available_engines", "get_engine"]

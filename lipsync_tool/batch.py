@@ -10,7 +10,10 @@ The steps, each its own function so they can be tested alone:
 1. :func:`read_manifest` turns the file into rows with their line numbers;
 2. :func:`plan_batch` validates every row (options through the same pydantic
    models a single run uses; inputs by staging them the way the pipeline
-   does), decides which jobs are already done (:func:`resume_decision`) and
+   does; every file the batch writes through :func:`_target_problems`: each
+   row's output, report and HLS folder, and ``batch_report.jsonl``, inside
+   ``--out-dir``, never an input of any row or the manifest, never another
+   row's), decides which jobs are already done (:func:`resume_decision`) and
    raises one :class:`ManifestError` that lists every bad row;
 3. :func:`run_batch` prepares each engine's resources once, then runs the jobs.
 
@@ -29,6 +32,7 @@ options that define the result (:data:`VOLATILE_OPTIONS` do not).
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import json
 import logging
@@ -40,14 +44,15 @@ import time
 import types
 import typing
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from .config import OUTPUT_EXTENSIONS, RunOptions, Settings
-from .errors import InputError, Interrupted, LipsyncError, UsageError
+from .errors import InputError, Interrupted, LipsyncError, OutputPathError, UsageError
+from .targets import Target, check_targets, same_file, write_text_file
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +91,22 @@ class Problem:
 
 
 class ManifestError(UsageError):
-    """Rows of a batch manifest that cannot run; all of them, at once."""
+    """Rows of a batch manifest that cannot run; all of them, at once.
 
-    def __init__(self, manifest: Path, problems: list[Problem], rows: int):
+    *rows* is the start line of every row of the manifest as the user sees it
+    (malformed rows included, the header and blank or comment lines not), or
+    just their number.
+    """
+
+    def __init__(self, manifest: Path, problems: list[Problem], rows: int | Sequence[int]):
         problems = sorted(problems, key=lambda p: (p.line, p.column or ""))
-        bad = len({p.line for p in problems if p.line})
-        head = f"{bad} of {rows} row{'s' if rows != 1 else ''} {'is' if bad == 1 else 'are'} invalid" if bad else "the manifest is invalid"
+        if isinstance(rows, int):
+            count, lines = rows, None
+        else:
+            lines = set(rows)
+            count = len(lines)
+        bad = len({p.line for p in problems if p.line and (lines is None or p.line in lines)})
+        head = f"{bad} of {count} row{'s' if count != 1 else ''} {'is' if bad == 1 else 'are'} invalid" if bad else "the manifest is invalid"
         super().__init__(
             head + ":\n" + "\n".join(f"  {p}" for p in problems),
             subject=manifest,
@@ -124,8 +139,10 @@ def manifest_format(path: Path, text: str) -> str:
     return "jsonl" if first == "{" else "csv"
 
 
-def read_manifest(path: Path) -> tuple[list[Row], list[Problem]]:
-    """The rows of a CSV or JSON Lines manifest, and what is malformed in it.
+def read_manifest(path: Path) -> tuple[list[Row], list[Problem], list[int]]:
+    """The rows of a CSV or JSON Lines manifest, what is malformed in it, and
+    the line where every row starts (malformed ones too), as an editor numbers
+    them.
 
     Blank lines and lines starting with ``#`` are skipped; empty cells (and
     JSON ``null``) mean "not set", so the command line's default applies.
@@ -138,18 +155,21 @@ def read_manifest(path: Path) -> tuple[list[Row], list[Problem]]:
         raise InputError(f"is not UTF-8 text ({exc.reason} at byte {exc.start})", subject=path, hint="Save the manifest as UTF-8.") from None
     except OSError as exc:
         raise InputError(f"cannot be read ({exc.strerror})", subject=path) from None
-    rows, problems = (_read_jsonl if manifest_format(path, text) == "jsonl" else _read_csv)(text)
-    if not rows and not problems:
+    rows, problems, records = (_read_jsonl if manifest_format(path, text) == "jsonl" else _read_csv)(text)
+    if not records and not problems:
         problems.append(Problem(0, None, "has no jobs"))
-    return rows, problems
+    return rows, problems, records
 
 
-def _read_csv(text: str) -> tuple[list[Row], list[Problem]]:
+def _read_csv(text: str) -> tuple[list[Row], list[Problem], list[int]]:
     problems: list[Problem] = []
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # newline="": quoted cells keep their line breaks, and line_num counts the
+    # lines of the file (a row with a quoted line break spans two).
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header: list[str] | None = None
     header_line = 0
     rows: list[Row] = []
+    records: list[int] = []
     while True:
         start = reader.line_num + 1
         try:
@@ -157,8 +177,11 @@ def _read_csv(text: str) -> tuple[list[Row], list[Problem]]:
         except StopIteration:
             break
         except csv.Error as exc:
-            problems.append(Problem(start, None, f"is not valid CSV ({exc})"))
-            break
+            why = "a quote opened in this row is never closed" if "unexpected end of data" in str(exc) else str(exc)
+            problems.append(Problem(start, None, f"is not valid CSV ({why})"))
+            if header is not None:
+                records.append(start)
+            continue
         if not any(c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
             continue
         if header is None:
@@ -172,21 +195,28 @@ def _read_csv(text: str) -> tuple[list[Row], list[Problem]]:
                     problems.append(Problem(start, name, "appears twice in the header"))
                 seen.add(name)
             continue
+        records.append(start)
         if len(cells) > len(header):
             problems.append(Problem(start, None, f"has {len(cells)} values but the header (line {header_line}) names {len(header)} columns"))
             continue
         values = {name: cell for name, cell in zip(header, cells) if name and cell.strip() != ""}
         rows.append(Row(start, values))
-    return rows, problems
+    if header is not None and not records and not problems:
+        problems.append(Problem(0, None, f"has no jobs: only the header (line {header_line})"))
+    return rows, problems, records
 
 
-def _read_jsonl(text: str) -> tuple[list[Row], list[Problem]]:
+def _read_jsonl(text: str) -> tuple[list[Row], list[Problem], list[int]]:
     rows: list[Row] = []
     problems: list[Problem] = []
-    for number, line in enumerate(text.splitlines(), 1):
+    records: list[int] = []
+    # Lines end at "\n" only (JSON Lines; "\r\n" too): not at the other breaks
+    # str.splitlines() knows (U+2028, form feed, …), which a JSON string may hold.
+    for number, line in enumerate(text.split("\n"), 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
+        records.append(number)
         try:
             obj = json.loads(stripped)
         except json.JSONDecodeError as exc:
@@ -203,7 +233,7 @@ def _read_jsonl(text: str) -> tuple[list[Row], list[Problem]]:
             if value is not None and value != "":
                 values[name] = value
         rows.append(Row(number, values))
-    return rows, problems
+    return rows, problems, records
 
 
 # -- cells → option values --------------------------------------------------------------------
@@ -526,7 +556,7 @@ def plan_batch(
     out_dir = _abs(out_dir)
     base = _abs(manifest).parent
     defaults = {k: (_abs(v) if isinstance(v, Path) else v) for k, v in (defaults or {}).items() if v is not None}
-    rows, problems = read_manifest(manifest)
+    rows, problems, records = read_manifest(manifest)
     classes = engine_classes()
     all_engine_fields = {f for cls in classes.values() for f in cls.Options.model_fields}
     for key in defaults:
@@ -589,7 +619,14 @@ def plan_batch(
         per_job_problems[job.index] = found
         problems += found
 
-    problems += _cross_row_problems(jobs_)
+    # What the batch writes: never an input, never another row's, never outside --out-dir.
+    written = _target_problems(jobs_, manifest, out_dir, overwrite=bool(defaults.get("overwrite")) or force)
+    problems += written
+    for p in written:
+        if p.line:
+            for job in jobs_:
+                if job.line == p.line:
+                    per_job_problems.setdefault(job.index, []).append(p)
 
     # Shared resources, and the engine commit a finished job must match.
     groups: dict[tuple, ResourceGroup] = {}
@@ -610,17 +647,27 @@ def plan_batch(
         job.group = groups[group.key]
 
     # Resume: skip what is done, refuse to replace what the batch did not write.
+    input_files = [p for p, _ in _input_paths(jobs_, manifest)]
     for job in jobs_:
         if per_job_problems.get(job.index) or job.group is None:
             continue
         assert job.run_options is not None
-        report = load_report(job.report_path) if job.report_path.exists() else None
-        job.decision = resume_decision(job.expected(), output_exists=job.output.exists(), report=report, force=force, overwrite=job.run_options.overwrite)
+        report = load_report(job.report_path) if os.path.lexists(job.report_path) else None
+        if os.path.lexists(job.report_path) and not is_run_report(report):
+            # Someone else's file by that name: neither a sign the job is done, nor the batch's to replace.
+            if not (force or job.run_options.overwrite):
+                problems.append(
+                    Problem(job.line, "output", f"{job.report_path} (the report of {job.output.name}) exists and is not a lipsync-tool run report; pass --overwrite to replace it, or name the output differently")
+                )
+                continue
+            report = None
+        job.decision = resume_decision(job.expected(), output_exists=os.path.lexists(job.output), report=report, force=force, overwrite=job.run_options.overwrite)
         if job.decision.action == "blocked":
             problems.append(Problem(job.line, "output", f"{job.output} {job.decision.reason}"))
+        problems += _existing_problems(job, input_files)
 
     if problems:
-        raise ManifestError(manifest, problems, len(rows))
+        raise ManifestError(manifest, problems, records)
     return BatchPlan(manifest, out_dir, jobs_, groups)
 
 
@@ -702,33 +749,215 @@ def _build_job(row: Row, index: int, *, base: Path, out_dir: Path, defaults: dic
     return job, problems
 
 
-def _cross_row_problems(jobs: list[BatchJob]) -> list[Problem]:
-    problems: list[Problem] = []
-    first_output: dict[Path, BatchJob] = {}
-    first_report: dict[Path, BatchJob] = {}
-    inputs = {p: j for j in jobs for p in (j.image, j.audio)}
+# -- what the batch writes, checked before anything runs -----------------------------------------
+
+def _within(path: Path, folder: Path, *, strictly: bool = False) -> bool:
+    """Whether *path* is inside *folder* (both absolute, compared as given)."""
+    try:
+        rel = path.relative_to(folder)
+    except ValueError:
+        return False
+    return bool(rel.parts) or not strictly
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _escapes(path: Path, out_dir: Path, *, strictly: bool = False) -> str | None:
+    """Why *path* is not in *out_dir* (None if it is): outside it as named, or through a link."""
+    if not _within(path, out_dir, strictly=strictly):
+        return f"is outside --out-dir {out_dir}; a row's outputs go into that folder"
+    real, real_dir = _real(path), _real(out_dir)
+    if not _within(real, real_dir, strictly=strictly):
+        return f"leads outside --out-dir {out_dir} through a link (to {real}); a row's outputs go into that folder"
+    return None
+
+
+@dataclass(frozen=True)
+class _Written:
+    """One path the batch writes: a job's output, report or HLS folder, or the batch report."""
+
+    job: BatchJob | None  # None: the batch report
+    column: str | None
+    what: str  # "output", "report", "hls folder", "batch report"
+    target: Target
+
+    @property
+    def line(self) -> int:
+        return self.job.line if self.job else 0
+
+    @property
+    def path(self) -> Path:
+        return self.target.path
+
+    def of(self, other: BatchJob | None) -> str:
+        if self.job is None:
+            return f"the batch's own {REPORT_FILE}"
+        return f"the {self.what} of {'this row' if self.job is other else f'line {self.job.line}'}"
+
+
+def _input_paths(jobs: list[BatchJob], manifest: Path) -> list[tuple[Path, str]]:
+    """Every file the batch reads, with what it is: each row's image, audio,
+    reference videos and own model files, and the manifest."""
+    from .engines import get_engine
+
+    found: list[tuple[Path, str]] = [(_abs(manifest), "the manifest")]
     for job in jobs:
-        out = Path(os.path.normcase(job.output))
-        if out in first_output:
-            problems.append(Problem(job.line, "output", f"{job.output} is also the output of line {first_output[out].line}; give each row its own output"))
-        else:
-            first_output[out] = job
-            rep = Path(os.path.normcase(job.report_path))
-            if rep in first_report:
-                problems.append(Problem(job.line, "output", f"{job.output} shares its report file {job.report_path.name} with line {first_report[rep].line}; use another name"))
-            first_report.setdefault(rep, job)
-        if job.output in inputs:
-            problems.append(Problem(job.line, "output", f"{job.output} is an input of line {inputs[job.output].line}"))
-    for key in PER_JOB_OUTPUTS:
-        first: dict[str, BatchJob] = {}
-        for job in jobs:
-            value = job.options.get(key)
-            if value is None:
-                continue
-            norm = os.path.normcase(str(value))
-            if norm in first:
-                problems.append(Problem(job.line, key, f"{value} is also the {key} folder of line {first[norm].line}"))
-            first.setdefault(norm, job)
+        found += [(job.image, f"the image of line {job.line}"), (job.audio, f"the audio of line {job.line}")]
+        if job.engine_options is None:
+            continue
+        try:
+            engine = get_engine(job.engine)
+            extra = {**engine.staged_refs(job.engine_options), **engine.user_files(job.engine_options)}
+        except Exception:  # options the engine rejects are reported elsewhere
+            log.debug("no reference files for line %d", job.line, exc_info=True)
+            continue
+        found += [(_abs(p), f"the {name.replace('_', ' ')} file of line {job.line}") for name, p in extra.items() if p is not None]
+    return found
+
+
+def _writes(job: BatchJob) -> list[_Written]:
+    out = [
+        _Written(job, "output", "output", Target(job.output, f"the output of line {job.line}")),
+        _Written(job, "output", "report", Target(job.report_path, f"the report of line {job.line}")),
+    ]
+    hls = job.options.get("hls")
+    if isinstance(hls, Path):
+        from .hls import hls_target
+
+        out.append(_Written(job, "hls", "hls folder", hls_target(hls, f"the hls folder of line {job.line}")))
+    return out
+
+
+def _collision(w: _Written, other: _Written) -> str | None:
+    """How *w* and an earlier *other* would overwrite each other (None: they do not)."""
+    job = w.job
+    name = str(w.path) if w.what == "output" else f"{w.path} (the {w.what} of this row)"
+    if same_file(w.path, other.path):
+        if w.what == other.what == "output":
+            return f"{w.path} is also the output of line {other.line}; give each row its own output"
+        if w.what == other.what == "report" and job is not None:
+            return f"{job.output} shares its report file {w.path.name} with line {other.line}; use another name"
+        if w.what == other.what == "hls folder":
+            return f"{w.path} is also the hls folder of line {other.line}"
+        return f"{name} is also {other.of(job)}"
+    if other.target.kind == "dir" and _inside_real(w.path, other.path):
+        return f"{name} is inside {other.of(job)} {other.path}"
+    if w.target.kind == "dir" and _inside_real(other.path, w.path):
+        return f"{name} would hold {other.of(job)} ({other.path})"
+    return None
+
+
+def _inside_real(path: Path, folder: Path) -> bool:
+    return _within(_real(path), _real(folder))
+
+
+def _state_problem(t: Target, inputs: list[Path], *, overwrite: bool) -> str | None:
+    """:func:`~lipsync_tool.targets.check_targets` for one target whose folder
+    the batch may still have to make; the message, or None."""
+    try:
+        check_targets([replace(t, make_parents=True)], inputs, overwrite=overwrite)
+    except OutputPathError as exc:
+        return _say(exc)
+    return None
+
+
+def _say(exc: LipsyncError) -> str:
+    text = f"{exc.subject}: {exc.message}" if exc.subject else exc.message
+    return f"{text} ({exc.hint})" if exc.hint else text
+
+
+def _is_batch_report(path: Path) -> bool:
+    """Whether *path* holds what :meth:`_Runner.write_report` writes (or nothing)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline(1 << 16)
+    except (OSError, UnicodeDecodeError):
+        return False
+    if not first.strip():
+        return True
+    try:
+        data = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and {"job", "line", "status", "output"} <= data.keys()
+
+
+def is_run_report(data: Any) -> bool:
+    """Whether *data* (a parsed JSON file) is a run report lipsync-tool wrote."""
+    return isinstance(data, dict) and isinstance(data.get("tool"), dict) and data["tool"].get("name") == "lipsync-tool"
+
+
+def _target_problems(jobs: list[BatchJob], manifest: Path, out_dir: Path, *, overwrite: bool) -> list[Problem]:
+    """Everything the batch would write, checked against every input of the
+    manifest and against each other, before anything runs.
+
+    What depends on whether a job is done (its output and report existing) is
+    for :func:`resume_decision` and :func:`_existing_problems`.
+    """
+    problems: list[Problem] = []
+    named_inputs = _input_paths(jobs, manifest)
+    inputs = [p for p, _ in named_inputs]
+    batch_report = _Written(None, None, "batch report", Target(out_dir / REPORT_FILE, REPORT_FILE))
+    seen: list[_Written] = [batch_report]
+
+    # The batch report: rewritten by every batch in this folder, never an input.
+    for path, what in named_inputs:
+        if same_file(batch_report.path, path):
+            problems.append(Problem(0, None, f"{batch_report.path} is {what}; the batch writes its report there. Choose another --out-dir"))
+            break
+    else:
+        why = _state_problem(batch_report.target, inputs, overwrite=True)
+        if why:
+            problems.append(Problem(0, None, why))
+        elif batch_report.path.is_file() and not overwrite and not _is_batch_report(batch_report.path):
+            problems.append(
+                Problem(0, None, f"{batch_report.path} exists and is not a report of an earlier batch (pass --overwrite to replace it, or choose another --out-dir)")
+            )
+
+    for job in jobs:
+        output_clash = False
+        for w in _writes(job):
+            if w.what == "report" and output_clash:
+                continue  # it follows the output's name: one problem is enough
+            why = _overlap(w, named_inputs, seen, out_dir)
+            if why is None:
+                seen.append(w)
+                why = _state_problem(w.target, inputs, overwrite=True)
+            else:
+                output_clash |= w.what == "output"
+            if why:
+                problems.append(Problem(job.line, w.column, why))
+    return problems
+
+
+def _overlap(w: _Written, named_inputs: list[tuple[Path, str]], seen: list[_Written], out_dir: Path) -> str | None:
+    """Why *w* may not be written: it is an input, outside --out-dir, or what an earlier row writes."""
+    name = str(w.path) if w.what == "output" else f"{w.path} (the {w.what} of this row)"
+    hit = next((what for path, what in named_inputs if same_file(w.path, path)), None)
+    if hit is not None:
+        return f"{name} is {hit}; refusing to overwrite it"
+    if w.target.kind == "dir":
+        for path, what in named_inputs:
+            if _inside_real(path, w.path) and any(fnmatch.fnmatch(path.name, c) for c in w.target.contents):
+                return f"{name} holds {what} ({path.name}), and the run writes that name there; refusing to overwrite it"
+    why = _escapes(w.path, out_dir, strictly=w.target.kind == "dir")
+    if why:
+        return f"{name} {why}"
+    return next((c for c in (_collision(w, other) for other in seen) if c), None)
+
+
+def _existing_problems(job: BatchJob, inputs: list[Path]) -> list[Problem]:
+    """What a job about to run would replace without being allowed to."""
+    problems: list[Problem] = []
+    if job.decision.action != "run":
+        return problems
+    for w in _writes(job):
+        if w.what == "hls folder":
+            why = _state_problem(w.target, inputs, overwrite=job.decision.overwrite)
+            if why:
+                problems.append(Problem(job.line, w.column, why))
     return problems
 
 
@@ -856,14 +1085,13 @@ class _Runner:
             self.obs.job_finished(result)
 
     def write_report(self) -> None:
-        from .resources.cache import atomic_write_text
-
         lines = []
         for job in self.plan.jobs:
             r = self.results.get(job.index) or JobResult(job, "pending")
             lines.append(json.dumps(r.to_json(), default=str))
         try:
-            atomic_write_text(self.report_path, "\n".join(lines) + "\n")
+            # Atomic; the batch's own file, rewritten every time (plan_batch checked it is no input).
+            write_text_file(self.report_path, "\n".join(lines) + "\n", overwrite=True)
         except OSError as exc:
             log.warning("could not write %s: %s", self.report_path, exc)
 
@@ -887,6 +1115,8 @@ class _Runner:
         self._wall0[job.index] = time.time()
         self.obs.job_started(job)
         job.output.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(job.options.get("hls"), Path):  # the pipeline makes the folder, not its parents
+            job.options["hls"].parent.mkdir(parents=True, exist_ok=True)
         assert job.group is not None
         kwargs = job.pipeline_kwargs()
         # Resolving the device probes torch in a subprocess: do it once per (device, interpreter).

@@ -9,6 +9,7 @@ cv2, librosa, git) are never imported on this path.
 
 import inspect
 import logging
+import shutil
 import signal
 import sys
 import threading
@@ -18,10 +19,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
-from . import __version__
-from .constants import ENV_CACHE, ENV_DEBUG, ENV_OFFLINE, ENV_REGISTRY, X264_PRESETS, env_flag
+from . import __version__, naming
+from .constants import ENV_CACHE, ENV_DEBUG, ENV_OFFLINE, ENV_REGISTRY, OPTION_HELP, X264_PRESETS, env_flag
 from .errors import DownloadError, InputError, Interrupted, LipsyncError, OfflineError, RunError, UsageError
 
 log = logging.getLogger("lipsync_tool")
@@ -52,6 +53,56 @@ class DefaultRunGroup(TyperGroup):
         if args and args[0] not in self.commands and args[0] not in TOP_LEVEL_FLAGS:
             args = ["run", *args]
         return super().parse_args(ctx, args)
+
+
+class ReadableHelpCommand(TyperCommand):
+    """Rich help panels where every option name fits the terminal; where Rich
+    would cut a name (``--wav2lip-face-d…`` at 80 columns), the same panels in
+    plain text, one option per line, names whole."""
+
+    #: The narrowest help column Rich is allowed before names are at risk.
+    HELP_MIN = 40
+
+    def format_help(self, ctx, formatter) -> None:
+        if self.rich_markup_mode is not None and self._rich_fits(ctx, shutil.get_terminal_size().columns):
+            return super().format_help(ctx, formatter)
+        self.format_usage(ctx, formatter)
+        self.format_help_text(ctx, formatter)
+        panels: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record:
+                default = "Arguments" if param.param_type_name == "argument" else "Options"
+                panels.setdefault(getattr(param, "rich_help_panel", None) or default, []).append(record)
+        for name, rows in panels.items():
+            with formatter.section(name):
+                formatter.write_dl(rows, col_max=34)
+        self.format_epilog(ctx, formatter)
+
+    def _rich_fits(self, ctx, columns: int) -> bool:
+        """Whether Rich's table keeps every name whole: each column gets its
+        widest cell plus padding, and the help column what is left."""
+        widths = [0, 0, 0, 0]
+        for p in self.get_params(ctx):
+            cells = (
+                [o for o in p.opts if o.startswith("--")],
+                [o for o in p.opts if not o.startswith("--")] if p.param_type_name == "option" else [str(p.name)],
+                [o for o in p.secondary_opts if o.startswith("--")],
+                [p.display_type_rich(ctx=ctx) or ""],
+            )
+            for i, cell in enumerate(cells):
+                # Rich folds the type column, so it need not be whole.
+                widths[i] = max(widths[i], min(len(",".join(cell)), 12) if i == 3 else len(",".join(cell)))
+        used = sum(w + 2 for w in widths) + 2 + 4  # cell padding, the required mark, the panel's border
+        return columns - used >= self.HELP_MIN
+
+
+class _App(typer.Typer):
+    """Every command of the app gets :class:`ReadableHelpCommand`."""
+
+    def command(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("cls", ReadableHelpCommand)
+        return super().command(*args, **kwargs)
 
 
 # -- output helpers (the only place that prints) -------------------------------------------
@@ -236,6 +287,8 @@ def _guard(fn, *args, **kwargs) -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_term)
+    cli_names = naming.cli_names()
+    naming.use_cli_names(True)  # messages name --flags, not Python keywords
     try:
         code = fn(*args, **kwargs)
     except typer.Exit:
@@ -245,6 +298,7 @@ def _guard(fn, *args, **kwargs) -> None:
             raise
         raise typer.Exit(report_error(exc)) from None
     finally:
+        naming.use_cli_names(cli_names)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
     if code:
@@ -299,38 +353,39 @@ def _common_parameters() -> list[inspect.Parameter]:
 
     def opt(name: str, ann: Any, *flags: str, default: Any = None, **kw: Any) -> inspect.Parameter:
         kw.setdefault("rich_help_panel", COMMON)
+        kw.setdefault("help", OPTION_HELP[name])
         return P(name, K, default=default, annotation=Annotated[ann, typer.Option(*flags, **kw)])
 
     return [
         P("image", K, annotation=Annotated[Path, typer.Argument(help="The portrait (any common image format; a face video for Wav2Lip).", show_default=False)]),
         P("audio", K, annotation=Annotated[Path, typer.Argument(help="The speech (wav, mp3, m4a, flac, ogg/opus, or a video's audio track).", show_default=False)]),
         P("output", K, default=None, annotation=Annotated[Optional[Path], typer.Argument(help="Where to write the video (.mp4, .mov or .mkv). May be left out with --hls.", show_default=False)]),
-        opt("engine", str, "--engine", "-e", default="sadtalker", help="sadtalker or wav2lip (or an installed plug-in)."),
-        opt("resolution", Optional[int], "--resolution", help="SadTalker's face size, 256 or 512 (Wav2Lip ignores it). (default: 256)", show_default=False),
-        opt("device", Optional[str], "--device", help="auto, cpu, cuda or cuda:N. auto uses CUDA when torch sees a GPU. (default: auto)", show_default=False),
-        opt("fps", Optional[float], "--fps", help="Frame rate of the output. (default: 25, or the face video's)", show_default=False),
-        opt("seed", Optional[int], "--seed", help="Seed for Python, numpy and torch in the engine (recorded in the report).", show_default=False),
-        opt("timeout", Optional[float], "--timeout", help="Seconds before the engine is stopped. (default: from the audio length)", show_default=False, metavar="SECONDS"),
-        opt("skip_face_check", bool, "--skip-face-check", default=False, help="Skip the fast face pre-check."),
-        opt("install_deps", bool, "--install-deps", default=False, help="Install the engine's Python packages first (into --python)."),
-        opt("python", Optional[Path], "--python", help="Run the engine in this interpreter (e.g. a dedicated venv). (default: this one)", show_default=False),
-        opt("target_height", Optional[int], "--target-height", help="Height of the upscaled video (even). (default: 1080)", show_default=False, rich_help_panel=OUTPUT),
-        opt("canvas", Optional[str], "--canvas", help="An exact frame size such as 1920x1080 (see --fit).", metavar="WxH", show_default=False, rich_help_panel=OUTPUT),
-        opt("fit", Optional[Literal["pad", "crop"]], "--fit", help="How the video fills --canvas: pad (letterbox) or crop. (default: pad)", show_default=False, rich_help_panel=OUTPUT),
-        opt("crf", Optional[int], "--crf", help="x264 quality, 0 (lossless) to 51. (default: 18)", show_default=False, rich_help_panel=OUTPUT),
-        opt("x264_preset", Optional[Literal[X264_PRESETS]], "--x264-preset", help="x264 speed/size trade-off. (default: medium)", show_default=False, rich_help_panel=OUTPUT),  # type: ignore[valid-type]
-        opt("no_upscale", bool, "--no-upscale", default=False, help="Keep the engine's size (the original audio is still muxed).", rich_help_panel=OUTPUT),
-        opt("remove_audio", bool, "--remove-audio", default=False, help="Write a silent video.", rich_help_panel=OUTPUT),
-        opt("overwrite", bool, "--overwrite", default=False, help="Replace OUTPUT if it exists.", rich_help_panel=OUTPUT),
-        opt("report", Optional[Path], "--report", help="Also write the run report (JSON) here.", metavar="PATH", show_default=False, rich_help_panel=OUTPUT),
-        opt("keep_temp", bool, "--keep-temp", default=False, help="Keep the run's temp dir (staged inputs, engine log, commands, raw output).", rich_help_panel=OUTPUT),
-        opt("chunk_seconds", Optional[float], "--chunk-seconds", help="Render long audio in chunks of about N s, cut at quiet points; 0 = off. (default: 45 for SadTalker, off for Wav2Lip)", metavar="N", show_default=False, rich_help_panel=OUTPUT),
-        opt("hls", Optional[Path], "--hls", help="Also (or instead of OUTPUT) write an HLS playlist and segments into DIR, published chunk by chunk.", metavar="DIR", show_default=False, rich_help_panel=OUTPUT),
-        opt("hls_segment_seconds", Optional[float], "--hls-segment-seconds", help="HLS segment length. (default: 5)", show_default=False, rich_help_panel=OUTPUT),
-        opt("cache_dir", Optional[Path], "--cache-dir", envvar=ENV_CACHE, help="Cache for repositories and checkpoints. (default: the user cache dir)", show_default=False, rich_help_panel=RES),
-        opt("offline", bool, "--offline", default=False, envvar=ENV_OFFLINE, help="Make no network request; fail if something is missing.", rich_help_panel=RES),
-        opt("registry", Optional[Path], "--registry", envvar=ENV_REGISTRY, help="A TOML file overriding repository and checkpoint entries.", metavar="FILE", show_default=False, rich_help_panel=RES),
-        opt("log_level", Literal["DEBUG", "INFO", "WARNING", "ERROR"], "--log-level", default="WARNING", help="Logging verbosity (DEBUG also streams the engine's output)."),
+        opt("engine", str, "--engine", "-e", default="sadtalker"),
+        opt("resolution", Optional[int], "--resolution", show_default=False),
+        opt("device", Optional[str], "--device", show_default=False),
+        opt("fps", Optional[float], "--fps", show_default=False),
+        opt("seed", Optional[int], "--seed", show_default=False),
+        opt("timeout", Optional[float], "--timeout", show_default=False, metavar="SECONDS"),
+        opt("skip_face_check", bool, "--skip-face-check", default=False),
+        opt("install_deps", bool, "--install-deps", default=False),
+        opt("python", Optional[Path], "--python", show_default=False),
+        opt("target_height", Optional[int], "--target-height", show_default=False, rich_help_panel=OUTPUT),
+        opt("canvas", Optional[str], "--canvas", metavar="WxH", show_default=False, rich_help_panel=OUTPUT),
+        opt("fit", Optional[Literal["pad", "crop"]], "--fit", show_default=False, rich_help_panel=OUTPUT),
+        opt("crf", Optional[int], "--crf", show_default=False, rich_help_panel=OUTPUT),
+        opt("x264_preset", Optional[Literal[X264_PRESETS]], "--x264-preset", metavar="PRESET", show_default=False, rich_help_panel=OUTPUT),  # type: ignore[valid-type]
+        opt("no_upscale", bool, "--no-upscale", default=False, rich_help_panel=OUTPUT),
+        opt("remove_audio", bool, "--remove-audio", default=False, rich_help_panel=OUTPUT),
+        opt("overwrite", bool, "--overwrite", default=False, rich_help_panel=OUTPUT),
+        opt("report", Optional[Path], "--report", metavar="PATH", show_default=False, rich_help_panel=OUTPUT),
+        opt("keep_temp", bool, "--keep-temp", default=False, rich_help_panel=OUTPUT),
+        opt("chunk_seconds", Optional[float], "--chunk-seconds", metavar="N", show_default=False, rich_help_panel=OUTPUT),
+        opt("hls", Optional[Path], "--hls", metavar="DIR", show_default=False, rich_help_panel=OUTPUT),
+        opt("hls_segment_seconds", Optional[float], "--hls-segment-seconds", show_default=False, rich_help_panel=OUTPUT),
+        opt("cache_dir", Optional[Path], "--cache-dir", envvar=ENV_CACHE, show_default=False, rich_help_panel=RES),
+        opt("offline", bool, "--offline", default=False, envvar=ENV_OFFLINE, rich_help_panel=RES),
+        opt("registry", Optional[Path], "--registry", envvar=ENV_REGISTRY, metavar="FILE", show_default=False, rich_help_panel=RES),
+        opt("log_level", Literal["DEBUG", "INFO", "WARNING", "ERROR"], "--log-level", default="WARNING"),
     ]
 
 
@@ -367,6 +422,38 @@ def do_run(**values: Any) -> int:
 
 def _run_command(**values: Any) -> None:
     _guard(do_run, **values)
+
+
+def demo_output(engine: str) -> Path:
+    """``lipsync-tool demo``'s default OUTPUT: ``lipsync-demo-ENGINE.mp4`` in the current folder."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in engine.lower())
+    return Path(f"lipsync-demo-{safe}.mp4")
+
+
+def do_demo(**values: Any) -> int:
+    """``run`` on the portrait and speech that ship with the package."""
+    from contextlib import ExitStack
+    from importlib.resources import as_file
+
+    from .data import sample
+
+    if values.get("output") is None and values.get("hls") is None:
+        values["output"] = demo_output(values["engine"])
+    with ExitStack() as stack:
+        for role in ("image", "audio"):
+            values[role] = stack.enter_context(as_file(sample(role)))
+        out(f"Demo: the bundled portrait {values['image']}")
+        out(f"      and the bundled speech {values['audio']}")
+        out(f"      with --engine {values['engine']}, into {values['output'] if values['output'] is not None else values['hls']}")
+        return do_run(**values)
+
+
+def _demo_parameters() -> list[inspect.Parameter]:
+    """``run``'s options without IMAGE and AUDIO; OUTPUT has a default."""
+    params = [p for p in _common_parameters() if p.name not in ("image", "audio")]
+    help_ = "Where to write the video (.mp4, .mov or .mkv). (default: lipsync-demo-ENGINE.mp4 in the current folder)"
+    output = inspect.Parameter("output", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[Path], typer.Argument(help=help_, show_default=False)])
+    return [output if p.name == "output" else p for p in params]
 
 
 # -- other commands ------------------------------------------------------------------------
@@ -574,7 +661,7 @@ LIGHT_INVOCATIONS = {"--help", "-h", "--version", "engines", "cache", "doctor"}
 def build_app(with_engine_options: bool = True) -> typer.Typer:
     """Build the Typer app from the engine registry (plug-ins included)."""
     engine_params = engine_parameters if with_engine_options else (lambda: [])
-    app = typer.Typer(
+    app = _App(
         cls=DefaultRunGroup,
         help="Turn a portrait and a speech recording into a lip-synced 1080p video with SadTalker or Wav2Lip.\n\n"
         "lipsync-tool IMAGE AUDIO OUTPUT --engine sadtalker|wav2lip [options] is short for lipsync-tool run ….",
@@ -594,6 +681,12 @@ def build_app(with_engine_options: bool = True) -> typer.Typer:
     run.__signature__ = inspect.Signature(_common_parameters() + engine_params())  # type: ignore[attr-defined]
     app.command("run", help="Lip-sync IMAGE to AUDIO and write OUTPUT (this is also the default command).")(run)
 
+    def demo(**values: Any) -> None:
+        _guard(do_demo, **values)
+
+    demo.__signature__ = inspect.Signature(_demo_parameters() + engine_params())  # type: ignore[attr-defined]
+    app.command("demo", help="Lip-sync the bundled sample portrait and speech: a first run that needs no files of your own.")(demo)
+
     @app.command("engines", help="List the engines, their pinned upstream commits and whether they are ready.")
     def engines(cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", envvar=ENV_CACHE)] = None) -> None:
         _guard(do_engines, cache_dir)
@@ -605,7 +698,7 @@ def build_app(with_engine_options: bool = True) -> typer.Typer:
     setup.__signature__ = inspect.Signature(setup_params + engine_params())  # type: ignore[attr-defined]
     app.command("setup", help="Prefetch the repository and checkpoints (and with --install-deps the packages) that these options need.")(setup)
 
-    cache_app = typer.Typer(help="Inspect, verify and clean the cache.", no_args_is_help=True)
+    cache_app = _App(help="Inspect, verify and clean the cache.", no_args_is_help=True)
     app.add_typer(cache_app, name="cache")
     CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", envvar=ENV_CACHE, help="The cache folder.")]
     Registry = Annotated[Optional[Path], typer.Option("--registry", envvar=ENV_REGISTRY, help="Registry override file.")]

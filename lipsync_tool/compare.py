@@ -23,13 +23,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from . import __version__
 from .config import RunOptions
 from .errors import DependencyError, Interrupted, LipsyncError, OutputPathError, UsageError
+from .targets import Target, check_targets, publish_file, write_text_file
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +352,9 @@ def compare(
     """Run every engine on IMAGE and AUDIO and write the comparison into OUT_DIR.
 
     Usage problems (unknown engines, options no chosen engine has, no font)
-    raise before any engine runs.  An engine's failure is recorded and the
+    and every file it would write (:func:`check_outputs`: never an input,
+    never an existing file without ``overwrite``) raise before any engine
+    runs; each file is put in place atomically.  An engine's failure is recorded and the
     others still run; see :attr:`Comparison.exit_code`.
     """
     from .pipeline import LipSyncPipeline
@@ -365,13 +368,12 @@ def compare(
         if kw.get("hls") is not None:
             raise UsageError("is not supported by compare (every engine would write the same folder)", subject="--hls")
     pipelines = {name: LipSyncPipeline(name, **per_engine[name], report=out_dir / f"{name}.report.json") for name in names}
-    if not pipelines[names[0]].options.overwrite:
-        existing = [p for p in [*(out_dir / f"{n}.mp4" for n in names), out_dir / SIDE_BY_SIDE] if p.exists()]
-        if existing:
-            raise OutputPathError(
-                "already holds " + ", ".join(p.name for p in existing), subject=out_dir, hint="Pass --overwrite to replace them, or choose another OUT_DIR."
-            )
+    overwrite = pipelines[names[0]].options.overwrite
     font_path = find_font(font)
+    inputs = [image, audio, font_path]
+    for p in pipelines.values():
+        inputs += _engine_inputs(p)
+    check_outputs(out_dir, output_targets(out_dir, names), inputs, overwrite=overwrite)
     the_scorer = default_scorer() if scorer == "auto" else scorer
     if the_scorer is not None and not isinstance(the_scorer, Scorer):
         raise UsageError(f"{the_scorer!r} is not a scorer", subject="scorer")
@@ -388,12 +390,49 @@ def compare(
     common = pipelines[names[0]].options
     sbs, sbs_info, sbs_error = _side_by_side(results, audio, out_dir / SIDE_BY_SIDE, font_path, common)
     data = comparison_data(image, audio, results, sbs, sbs_info, sbs_error, common, the_scorer)
-    from .resources.cache import atomic_write_text
-
     json_path, md_path = out_dir / COMPARISON_JSON, out_dir / COMPARISON_MD
-    atomic_write_text(json_path, json.dumps(data, indent=2, default=str) + "\n")
-    atomic_write_text(md_path, comparison_markdown(data))
+    write_text_file(json_path, json.dumps(data, indent=2, default=str) + "\n", overwrite=overwrite)
+    write_text_file(md_path, comparison_markdown(data), overwrite=overwrite)
     return Comparison(out_dir, results, sbs, sbs_info, sbs_error, json_path, md_path, data)
+
+
+def output_targets(out_dir: Path, engines: Sequence[str]) -> list[Target]:
+    """Every file compare writes into *out_dir*."""
+    targets = []
+    for name in engines:
+        targets += [Target(out_dir / f"{name}.mp4", f"the {name} video"), Target(out_dir / f"{name}.report.json", f"the {name} report")]
+    return [
+        *targets,
+        Target(out_dir / SIDE_BY_SIDE, "the side-by-side video"),
+        Target(out_dir / COMPARISON_JSON, COMPARISON_JSON),
+        Target(out_dir / COMPARISON_MD, COMPARISON_MD),
+    ]
+
+
+def _engine_inputs(pipeline) -> list[Path]:
+    """The reference videos and the user's own model files an engine reads."""
+    try:
+        files = {**pipeline.engine.staged_refs(pipeline.engine_options), **pipeline.engine.user_files(pipeline.engine_options)}
+    except Exception:  # options the engine rejects fail its run, with their own message
+        log.debug("no reference files for %s", pipeline.engine.name, exc_info=True)
+        return []
+    return [Path(p).expanduser() for p in files.values() if p is not None]
+
+
+def check_outputs(out_dir: Path, targets: Sequence[Target], inputs: Sequence[Path], *, overwrite: bool) -> None:
+    """What compare writes: never an input (or a link to one), never two
+    things at one path, never an existing file without *overwrite*.  Raises
+    :class:`OutputPathError` before any engine runs; *out_dir* may not exist yet."""
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        raise OutputPathError("exists and is not a folder", subject=out_dir, hint="Give a folder for OUT_DIR.")
+    # compare makes OUT_DIR; "already holds" below names every existing file at once.
+    check_targets([replace(t, make_parents=True) for t in targets], inputs, overwrite=True)
+    if not overwrite:
+        existing = [t.path for t in targets if os.path.lexists(t.path)]
+        if existing:
+            raise OutputPathError(
+                "already holds " + ", ".join(p.name for p in existing), subject=out_dir, hint="Pass --overwrite to replace them, or choose another OUT_DIR."
+            )
 
 
 def _run_engine(pipeline, image: Path, audio: Path, output: Path) -> EngineResult:
@@ -450,12 +489,12 @@ def _side_by_side(results: list[EngineResult], audio: Path, out: Path, font: Pat
     duration = _audio_duration(ok) or max(float(r.media.get("duration") or 0) for r in ok)  # type: ignore[union-attr]
     clips = [Clip(r.output, r.display_name) for r in ok]  # type: ignore[arg-type]
     ff = find_ffmpeg(os.environ.get("LIPSYNC_TOOL_FFMPEG"))
-    tmp = temp_output_path(out)
+    tmp = temp_output_path(out)  # a name only: ffmpeg makes the file, with the usual permissions
     argv = side_by_side_argv(ff.path, clips, audio, tmp, height=height, fps=fps, duration=duration, font=font, crf=common.crf, preset=common.x264_preset)
     try:
         run_ffmpeg_job(argv, what="the side-by-side video", total_seconds=duration)
         info = probe(tmp, ff=ff, measure=True)
-        os.replace(tmp, out)
+        publish_file(tmp, out, overwrite=common.overwrite)
     except LipsyncError as exc:
         log.warning("the side-by-side video failed: %s", exc)
         return None, None, {"type": type(exc).__name__, "message": exc.message}

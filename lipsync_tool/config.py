@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from . import naming
 from .constants import ENV_CACHE, ENV_DEBUG, ENV_FFMPEG, ENV_OFFLINE, ENV_REGISTRY, OUTPUT_EXTENSIONS, X264_PRESETS, env_flag
 
 __all__ = ["ENV_FFMPEG", "OUTPUT_EXTENSIONS", "RunOptions", "Settings", "UpscaleOptions", "X264_PRESETS", "parse_canvas"]
@@ -42,7 +43,7 @@ def parse_canvas(value: Any) -> tuple[int, int] | None:
 class UpscaleOptions(BaseModel):
     """How the engine's clip becomes the published file (one ffmpeg pass)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     enabled: bool = True
     target_height: int = Field(1080, ge=64, le=4320)
@@ -70,7 +71,7 @@ class UpscaleOptions(BaseModel):
 class RunOptions(BaseModel):
     """Options every engine shares.  Field names are the CLI's, with ``_``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     engine: str
     resolution: Literal[256, 512] = 256
@@ -148,13 +149,38 @@ class Settings(BaseModel):
 
     @classmethod
     def from_env(cls, *, cache_dir: Path | None = None, offline: bool | None = None, registry: Path | None = None) -> Settings:
+        env = os.environ.get(ENV_CACHE)
+        if cache_dir:
+            # The CLI's --cache-dir also reads the variable.
+            source = f"{naming.option('cache_dir')} or {ENV_CACHE}" if env and Path(env) == Path(cache_dir) else naming.option("cache_dir")
+        else:
+            source = ENV_CACHE if env else "the default cache dir"
+        cache = Path(cache_dir or os.environ.get(ENV_CACHE) or default_cache_dir()).expanduser()
+        check_cache_dir(cache, source)
         return cls(
-            cache_dir=Path(cache_dir or os.environ.get(ENV_CACHE) or default_cache_dir()).expanduser(),
+            cache_dir=cache,
             ffmpeg=os.environ.get(ENV_FFMPEG) or None,
             offline=bool(offline) or env_flag(ENV_OFFLINE),
             registry=registry or (Path(os.environ[ENV_REGISTRY]) if os.environ.get(ENV_REGISTRY) else None),
             debug=env_flag(ENV_DEBUG),
         )
+
+
+def check_cache_dir(cache: Path, source: str) -> None:
+    """The cache must be a folder (or not exist yet, below one that can be made)."""
+    from .errors import InputError
+
+    for p in (cache, *cache.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                what = "is a file" if p.is_file() else ("is a broken link" if p.is_symlink() else "is not a folder")
+                where = "" if p == cache else f", so the cache {cache} cannot be made"
+                raise InputError(
+                    f"{what}, not a folder (the cache dir, from {source}){where}",
+                    subject=p,
+                    hint=f"Point {source} at a folder (it is created if missing), or move that file away.",
+                )
+            return
 
 
 def default_cache_dir() -> Path:

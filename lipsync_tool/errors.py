@@ -133,3 +133,14 @@ class EngineOOMError(EngineError):
 
 class Interrupted(LipsyncError):
     """The run was interrupted (Ctrl-C or SIGTERM)."""
+
+
+class NetworkUnavailableError(DownloadError):
+    """Every mirror failed because no host name could be resolved: there seems to be no network."""
+
+    def __init__(self, name: str, attempts: list[tuple[str, str]], hosts: list[str], *, hint: str | None = None):
+        super().__init__(name, attempts, hint=hint)
+        self.hosts = list(hosts)
+        names = ", ".join(self.hosts) or "the mirrors' hosts"
+        self.message = f"could not download: there seems to be no network (could not resolve {names}; tried {len(attempts)} mirror(s), each once)"
+        self.args = (self.message,)

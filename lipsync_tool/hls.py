@@ -15,23 +15,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import UpscaleOptions
-from .errors import OutputPathError
 from .media import AudioSource, FFmpeg, encode_aac_argv, hls_argv, run_ffmpeg_job, slice_adts
 from .resources.cache import atomic_write_text
+from .targets import Target, check_targets, temp_path_beside
 
 log = logging.getLogger(__name__)
 
 PLAYLIST = "index.m3u8"
 
 
-def check_hls_dir(directory: Path, *, overwrite: bool) -> None:
-    if directory.exists() and not directory.is_dir():
-        raise OutputPathError("exists and is not a folder", subject=directory)
-    parent = directory.absolute().parent
-    if not parent.is_dir():
-        raise OutputPathError(f"its parent folder {parent} does not exist", subject=directory)
-    if (directory / PLAYLIST).exists() and not overwrite:
-        raise OutputPathError(f"already holds {PLAYLIST}", subject=directory, hint="Pass --overwrite to replace it, or choose another --hls folder.")
+SEGMENTS = "segment_*.ts"
+
+
+def hls_target(directory: Path, label: str = "--hls") -> Target:
+    """The HLS folder as a write target: the playlist and segments it gets."""
+    return Target(directory, label, kind="dir", contents=(PLAYLIST, SEGMENTS))
+
+
+def check_hls_dir(directory: Path, *, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
+    check_targets([hls_target(directory)], inputs, overwrite=overwrite)
 
 
 class HlsOutput:
@@ -42,7 +44,7 @@ class HlsOutput:
         self.segment_seconds = segment_seconds
         self.dir.mkdir(parents=True, exist_ok=True)
         if overwrite:
-            for old in [*self.dir.glob("segment_*.ts"), self.dir / PLAYLIST]:
+            for old in [*self.dir.glob(SEGMENTS), self.dir / PLAYLIST]:
                 old.unlink(missing_ok=True)
         self.playlist = self.dir / PLAYLIST
         self.commands: list[list[str]] = []
@@ -56,19 +58,20 @@ class HlsOutput:
     def prepare_audio(self, original: Path, bitrate: str) -> None:
         """Encode the whole audio once; each piece then copies its own frames,
         so the audio runs on across pieces without priming gaps or overlaps."""
-        self.aac = self.dir.parent / f".{self.dir.name}.audio.aac"
+        # Process-unique names beside the folder, so no file of the user's is ever replaced.
+        self.aac = temp_path_beside(self.dir, ".audio.aac")
+        self._piece = temp_path_beside(self.dir, ".piece.aac")
         run_ffmpeg_job(encode_aac_argv(self.ff.path, original, self.aac, bitrate), what="encoding the audio for HLS")
         self._aac_bytes = self.aac.read_bytes()
 
     def piece_audio(self, start: float, end: float | None) -> AudioSource:
         """The pre-encoded frames of ``start … end`` as a copyable source."""
         data, first = slice_adts(self._aac_bytes, start, end)
-        piece = self.dir.parent / f".{self.dir.name}.piece.aac"
-        piece.write_bytes(data)
-        return AudioSource(piece, copy_offset=first - start)
+        self._piece.write_bytes(data)
+        return AudioSource(self._piece, copy_offset=first - start)
 
     def cleanup_audio(self) -> None:
-        for p in (getattr(self, "aac", None), self.dir.parent / f".{self.dir.name}.piece.aac"):
+        for p in (getattr(self, "aac", None), getattr(self, "_piece", None)):
             if p is not None:
                 Path(p).unlink(missing_ok=True)
 

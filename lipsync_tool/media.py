@@ -268,11 +268,22 @@ def read_error(text: str) -> str:
 # -- audio ----------------------------------------------------------------------------------
 
 
+#: The decoded audio may fall short of the duration the file declares by this
+#: much (both must be exceeded) before it is reported as probably truncated.
+TRUNCATION_MIN_SECONDS = 0.5
+TRUNCATION_MIN_FRACTION = 0.10
+
+
 @dataclass
 class AudioCheck:
-    duration: float
+    duration: float  # what decodes, in seconds
     max_volume_db: float | None
     info: MediaInfo
+    #: The duration the file declares (its header), when it declares one
+    #: rather than ffmpeg estimating it from the bitrate.
+    declared_duration: float | None = None
+    #: Problems worth a warning (each already logged), for the run report.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def silent(self) -> bool:
@@ -321,8 +332,77 @@ def stage_audio(src: Path, dst: Path, ff: FFmpeg) -> AudioCheck:
         dst.unlink(missing_ok=True)
         raise InputError(f"cannot be decoded as audio ({exc})", subject=src) from None
     if seconds <= MIN_AUDIO_SECONDS:
-        raise InputError(f"lasts {seconds:.2f} s; at least {MIN_AUDIO_SECONDS} s of speech is needed", subject=src)
-    return AudioCheck(duration=seconds, max_volume_db=max_db, info=info)
+        raise InputError(
+            f"lasts {seconds:.2f} s; lip-sync needs at least {MIN_AUDIO_SECONDS} s of speech",
+            subject=src,
+            hint="Give a longer recording (a word or more); if the file should be longer, it may be truncated or damaged.",
+        )
+    check = AudioCheck(duration=seconds, max_volume_db=max_db, info=info)
+    # Without a header that states the length (an MP3 without a Xing/Info
+    # frame, raw AAC), ffmpeg estimates it from the bitrate: nothing to compare.
+    # A truncated WAV makes ffmpeg estimate too, but its header still tells.
+    declared = _wav_declared_duration(src) if info.container == "wav" else None
+    if declared is None and "Estimating duration from bitrate" not in err:
+        declared = info.duration
+    if declared is not None:
+        check.declared_duration = declared
+        if (msg := _short_audio_message(src, seconds, declared, has_video=_has_moving_video(err))) is not None:
+            log.warning("%s", msg)
+            check.warnings.append(msg)
+    return check
+
+
+def _wav_declared_duration(path: Path) -> float | None:
+    """Seconds a RIFF WAVE header declares (data chunk size / byte rate), or
+    None when it does not say (a streaming header's 0 or 0xFFFFFFFF size, RF64)."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            byte_rate = None
+            for _ in range(64):  # chunks before "data": fmt, LIST, fact, ...
+                hdr = f.read(8)
+                if len(hdr) < 8:
+                    return None
+                cid, size = hdr[:4], struct.unpack("<I", hdr[4:])[0]
+                if cid == b"fmt ":
+                    body = f.read(size)
+                    if len(body) < 12:
+                        return None
+                    byte_rate = struct.unpack("<I", body[8:12])[0]
+                    if size % 2:
+                        f.seek(1, os.SEEK_CUR)
+                elif cid == b"data":
+                    if not byte_rate or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size / byte_rate
+                else:
+                    f.seek(size + (size % 2), os.SEEK_CUR)
+    except OSError:
+        return None
+    return None
+
+
+def _has_moving_video(header: str) -> bool:
+    """Whether ffmpeg's description of an input shows a video stream that is
+    not just cover art."""
+    return any(": Video: " in ln and "(attached pic)" not in ln for ln in header.split("\nOutput #0", 1)[0].splitlines())
+
+
+def _short_audio_message(src: Path, decoded: float, declared: float, *, has_video: bool) -> str | None:
+    """A warning when far less audio decodes than *src* declares, else None."""
+    missing = declared - decoded
+    if missing <= TRUNCATION_MIN_SECONDS or missing <= TRUNCATION_MIN_FRACTION * declared:
+        return None
+    hint = (
+        "its audio track may end before its video does, or the file may be truncated or damaged"
+        if has_video
+        else "the file may be truncated or damaged (an interrupted download or copy?)"
+    )
+    return f"{src}: only {decoded:.2f} s of audio decodes, but the file declares {declared:.2f} s; {hint}. The clip will last {decoded:.2f} s."
 
 
 # -- images and face videos -------------------------------------------------------------
@@ -335,9 +415,14 @@ class FaceInput:
     height: int
     downscaled_from: tuple[int, int] | None = None
     info: MediaInfo | None = None
+    #: Frames (or pages) in an image file; only the first is used.
+    frames: int = 1
+    #: Problems worth a warning (each already logged), for the run report.
+    warnings: list[str] = field(default_factory=list)
 
 
 def _open_image(src: Path):
+    """*src* opened and loaded by Pillow, or None when Pillow does not know its format."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -352,6 +437,33 @@ def _open_image(src: Path):
         raise InputError(f"cannot be decoded as an image ({exc})", subject=src, hint="Re-save it as PNG or JPEG.") from None
 
 
+def _decode_with_ffmpeg(src: Path, ff: FFmpeg, tmp: Path):
+    """The first frame of an image Pillow cannot read, decoded by ffmpeg into 8-bit RGBA.
+
+    ffmpeg converts any bit depth and pixel format (16-bit gray with alpha,
+    float, planar) correctly; *tmp* is a scratch PNG, removed afterwards.
+    """
+    from PIL import Image
+
+    proc = ff.run(
+        ["-y", "-i", str(src), "-map", "0:v:0", "-frames:v", "1", "-pix_fmt", "rgba", "-c:v", "png", "-f", "image2", str(tmp)],
+        what=f"decoding {src}",
+        timeout=120,
+    )
+    try:
+        if proc.returncode != 0 or not tmp.exists():
+            raise InputError(
+                f"is not an image that can be decoded (ffmpeg: {read_error(proc.stderr.decode('utf-8', 'replace'))})",
+                subject=src,
+                hint="Give a PNG, JPEG, WebP, BMP or TIFF portrait.",
+            )
+        with Image.open(tmp) as im:
+            im.load()
+            return im.copy()
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _check_geometry(src: Path, w: int, h: int) -> None:
     if min(w, h) < MIN_IMAGE_SIDE:
         raise InputError(f"is {w}x{h}; each side must be at least {MIN_IMAGE_SIDE} px", subject=src, hint="Use a larger portrait.")
@@ -362,9 +474,11 @@ def _check_geometry(src: Path, w: int, h: int) -> None:
 def stage_face(src: Path, dst_stem: Path, ff: FFmpeg, *, allow_video: bool) -> tuple[Path, FaceInput]:
     """Validate the face input and stage it beside *dst_stem*.
 
-    An image is decoded with Pillow (EXIF orientation applied, huge images
-    downscaled) and re-encoded as ``<stem>.png``.  A video (engines that take
-    one) is copied as ``<stem>.<ext>`` with a lower-case extension.
+    An image is decoded with Pillow (EXIF orientation applied, any bit depth
+    or mode converted to 8-bit RGB, transparency on white, huge images
+    downscaled) and re-encoded as ``<stem>.png``; an image Pillow cannot read
+    is decoded by ffmpeg.  A video (engines that take one) is copied as
+    ``<stem>.<ext>`` with a lower-case extension.
     """
     from PIL import Image, ImageOps
 
@@ -373,44 +487,105 @@ def stage_face(src: Path, dst_stem: Path, ff: FFmpeg, *, allow_video: bool) -> t
     if im is None:
         info = parse_probe(_probe_text(ff, src), str(src))
         is_video = info.video is not None and info.duration is not None and not info.container.endswith("_pipe") and info.video.codec not in ("png", "mjpeg", "webp")
-        if not is_video:
+        still = (
+            info.video is not None
+            and info.video.width > 0  # ffmpeg's image2 demuxer "opens" any file named .png, without a size
+            and info.audio is None
+            and (info.duration is None or info.container.endswith("_pipe") or info.container.startswith("image2"))
+        )
+        if not (is_video or still):
             raise InputError("is not an image that can be decoded", subject=src, hint="Give a PNG, JPEG, WebP, BMP or TIFF portrait.")
-        if not allow_video:
-            raise InputError("is a video; this engine animates a still image", subject=src, hint="Give an image, or use --engine wav2lip for a face video.")
-        assert info.video is not None
-        _check_geometry(src, info.video.width, info.video.height)
-        ext = src.suffix.lower().lstrip(".")
-        if not re.fullmatch(r"[a-z0-9]{1,5}", ext) or ext in ("jpg", "jpeg", "png"):
-            ext = "mp4"  # upstream tells images from videos by this extension
-        dst = dst_stem.with_suffix("." + ext)
-        _link_or_copy(src, dst)
-        return dst, FaceInput(is_video=True, width=info.video.width, height=info.video.height, info=info)
+        if is_video:
+            if not allow_video:
+                raise InputError("is a video; this engine animates a still image", subject=src, hint="Give an image, or use --engine wav2lip for a face video.")
+            _check_geometry(src, info.video.width, info.video.height)
+            ext = src.suffix.lower().lstrip(".")
+            if not re.fullmatch(r"[a-z0-9]{1,5}", ext) or ext in ("jpg", "jpeg", "png"):
+                ext = "mp4"  # upstream tells images from videos by this extension
+            dst = dst_stem.with_suffix("." + ext)
+            _link_or_copy(src, dst)
+            return dst, FaceInput(is_video=True, width=info.video.width, height=info.video.height, info=info)
+        # A still image in a format (or pixel format) Pillow does not read.
+        im = _decode_with_ffmpeg(src, ff, dst_stem.with_name(dst_stem.name + ".ffmpeg.png"))
+    warnings: list[str] = []
+    frames = getattr(im, "n_frames", 1) or 1
     with im:
-        if getattr(im, "n_frames", 1) > 1 and allow_video is False:
-            log.warning("%s has %d frames; using the first", src, im.n_frames)
+        if frames > 1:
+            msg = f"{src} has {frames} frames (an animation or a multi-page file); only the first frame is used as the portrait"
+            if allow_video:
+                msg += ". To lip-sync every frame, convert it to a video (e.g. MP4) first"
+            log.warning("%s", msg)
+            warnings.append(msg)
         im = ImageOps.exif_transpose(im)
+        try:
+            im = _flatten(im)
+        except ValueError:  # a mode Pillow cannot convert (e.g. LAB): let ffmpeg decode it
+            im = _flatten(_decode_with_ffmpeg(src, ff, dst_stem.with_name(dst_stem.name + ".ffmpeg.png")))
         w, h = im.size
         _check_geometry(src, w, h)
         downscaled = None
         if max(w, h) > MAX_IMAGE_SIDE:
             scale = MAX_IMAGE_SIDE / max(w, h)
             new = (max(2, round(w * scale)), max(2, round(h * scale)))
-            log.warning("%s is %dx%d; downscaling it to %dx%d for the engine", src, w, h, *new)
+            msg = f"{src} is {w}x{h}; downscaling it to {new[0]}x{new[1]} for the engine"
+            log.warning("%s", msg)
+            warnings.append(msg)
             im = im.resize(new, Image.Resampling.LANCZOS)
             downscaled = (w, h)
             w, h = new
-        if im.mode not in ("RGB",):
-            im = _flatten(im)
         dst = dst_stem.with_suffix(".png")
         im.save(dst, format="PNG", compress_level=1)  # a temp file: speed over size
-    return dst, FaceInput(is_video=False, width=w, height=h, downscaled_from=downscaled)
+    return dst, FaceInput(is_video=False, width=w, height=h, downscaled_from=downscaled, frames=frames, warnings=warnings)
+
+
+#: Pillow modes of one high-precision channel: 16-bit, 32-bit integer, 32-bit float.
+_DEEP_GRAY = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;16LS", "I;16BS")
+
+
+def _deep_gray_to_l(im):
+    """An 8-bit "L" image of a 16-bit, 32-bit integer or float grayscale one.
+
+    Pillow's own ``convert`` clips these values to 0..255 (a 16-bit image
+    turns almost white), so the samples are rescaled from their real range:
+    16 bits (a 16-bit mode, or "I" read from a PNG, which only has 16-bit
+    gray) map 0..65535 to 0..255; floats in 0..1 map to 0..255; otherwise the
+    values are taken as 8-bit when they fit, as 16-bit when they fit that, and
+    stretched from their minimum to their maximum beyond.
+    """
+    import numpy as np
+    from PIL import Image
+
+    try:
+        a = np.asarray(im)
+    except (TypeError, ValueError):  # a raw mode numpy has no type for
+        a = np.asarray(im.convert("I"))
+    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
+        lo, scale = 0.0, 255 / 65535
+    elif im.mode == "F" and lo >= 0 and hi <= 1:
+        lo, scale = 0.0, 255.0
+    elif lo >= 0 and hi <= 255:
+        lo, scale = 0.0, 1.0
+    elif lo >= 0 and hi <= 65535:
+        lo, scale = 0.0, 255 / 65535
+    else:
+        scale = 255 / (hi - lo) if hi > lo else 1.0
+    out = np.clip(np.rint((a - lo) * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(out)
 
 
 def _flatten(im):
-    """RGB, with any transparency composited on white."""
+    """8-bit RGB of an image of any Pillow mode: deep gray rescaled (not
+    clipped), palettes expanded, CMYK/YCbCr converted, and any transparency
+    composited on white.  Raises ValueError for a mode Pillow cannot convert."""
     from PIL import Image
 
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+    if im.mode == "RGB":
+        return im
+    if im.mode in _DEEP_GRAY:
+        return _deep_gray_to_l(im).convert("RGB")
+    if "A" in im.getbands() or "a" in im.getbands() or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, rgba).convert("RGB")
@@ -447,27 +622,90 @@ def first_frame(src: Path, ff: FFmpeg, dst: Path) -> Path:
 # -- face pre-check -----------------------------------------------------------------------
 
 
-def count_faces(image: Path) -> int:
-    """Frontal faces dlib's HOG detector finds (its model is built into dlib)."""
+#: Detections scoring below this do not count as a second face for the
+#: several-faces warning (they still pass the pre-check).
+FACE_NOTICE_MIN_SCORE = 0.3
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    """A face the pre-check found, in pixels of the image it looked at."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    score: float = 0.0
+
+    @property
+    def area(self) -> int:
+        return self.width * self.height
+
+    def scaled(self, factor: float) -> FaceBox:
+        return FaceBox(round(self.x * factor), round(self.y * factor), round(self.width * factor), round(self.height * factor), self.score)
+
+
+def find_faces(image: Path) -> list[FaceBox]:
+    """Frontal faces dlib's HOG detector finds (its model is built into dlib),
+    most confident first, in pixels of *image* (upright, EXIF applied).
+
+    Any bit depth or mode is read as :func:`stage_face` reads it (a 16-bit
+    grayscale image is rescaled, not clipped).
+    """
     import dlib
     import numpy as np
-    from PIL import Image
+    from PIL import ImageOps
 
-    with Image.open(image) as im:
-        gray = im.convert("L")
-        w, h = gray.size
-        scale = 1.0
-        if max(w, h) > 800:
-            scale = 800 / max(w, h)
-            gray = gray.resize((max(1, round(w * scale)), max(1, round(h * scale))))
-        arr = np.asarray(gray)
+    im = _open_image(image)
+    if im is None:
+        raise InputError("is not an image that can be decoded", subject=image)
+    with im:
+        gray = _flatten(ImageOps.exif_transpose(im)).convert("L")
+    w, h = gray.size
+    scale = 1.0
+    if max(w, h) > 800:
+        scale = 800 / max(w, h)
+        gray = gray.resize((max(1, round(w * scale)), max(1, round(h * scale))))
+    arr = np.asarray(gray)
     detector = dlib.get_frontal_face_detector()
     # Most portraits have a face well above the detector's 80 px minimum: try
     # without upsampling first (about 15x faster), then look for small faces.
-    found = len(detector(arr, 0))
-    if found == 0 and max(arr.shape) < 1000:
-        found = len(detector(arr, 1))
-    return found
+    rects, scores, _ = detector.run(arr, 0, 0)
+    if len(rects) == 0 and max(arr.shape) < 1000:
+        rects, scores, _ = detector.run(arr, 1, 0)
+    boxes = []
+    for r, score in sorted(zip(rects, scores), key=lambda rs: -rs[1]):
+        x0, y0 = max(0, r.left()) / scale, max(0, r.top()) / scale
+        x1, y1 = min(arr.shape[1], r.right() + 1) / scale, min(arr.shape[0], r.bottom() + 1) / scale
+        boxes.append(FaceBox(round(x0), round(y0), round(x1 - x0), round(y1 - y0), float(score)))
+    return boxes
+
+
+def count_faces(image: Path) -> int:
+    """How many faces :func:`find_faces` finds."""
+    return len(find_faces(image))
+
+
+def several_faces_message(src: Path, boxes: list[FaceBox], *, scale: float = 1.0, first_frame: bool = False) -> str | None:
+    """A warning for an input with more than one face, naming the largest; else None.
+
+    Neither engine lets one choose: SadTalker's cropper and Wav2Lip's
+    ``face_detect`` take their own detector's first, most confident,
+    detection, which is usually the largest face but not always.  *scale*
+    maps the boxes to the user's image (when the staged copy was downscaled).
+    """
+    # dlib's weakest detections (scores near 0) are often a fold of cloth or
+    # a hand; a second face worth a warning scores well above that.
+    boxes = [b for b in boxes if b.score >= FACE_NOTICE_MIN_SCORE]
+    if len(boxes) < 2:
+        return None
+    big = max(boxes, key=lambda b: b.area).scaled(scale)
+    where = f"the first frame of {src}" if first_frame else str(src)
+    return (
+        f"{len(boxes)} faces found in {where}; the engine lip-syncs only one of them, the one its own detector is most "
+        f"confident of (usually the largest or clearest; here likely the {big.width}x{big.height} px face at x={big.x}, y={big.y}). "
+        "Crop the input to one face to choose."
+    )
 
 
 # -- upscale ------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, naming
 from .config import OUTPUT_EXTENSIONS, RunOptions, Settings
 from .engines import get_engine, make_options, validation_to_usage
 from .engines.base import Engine, EngineOptions, Job, Workspace
@@ -98,8 +98,70 @@ class _Timer:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
+@dataclass(frozen=True)
+class OptionInfo:
+    """One keyword of :class:`LipSyncPipeline` (see :meth:`LipSyncPipeline.options`)."""
+
+    #: The Python keyword (the CLI flag with ``-`` → ``_``, e.g. ``wav2lip_pads``).
+    name: str
+    #: The accepted type, as written in the model (``float``, ``Literal['pad', 'crop']``, …).
+    type: str
+    #: The default (None: decided at run time, see ``help``).
+    default: Any
+    help: str
+    #: The engine that has this option, or None for an option of every engine.
+    engine: str | None
+    #: The CLI spelling.
+    flag: str
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if not getattr(annotation, "__args__", None) else None
+    return text or str(annotation).replace("typing.", "").replace("pathlib.", "")
+
+
+def list_options(engine: str | None = None) -> list[OptionInfo]:
+    """Every keyword a pipeline takes: the common ones, then each engine's
+    (only *engine*'s when given)."""
+    from .constants import OPTION_HELP
+    from .engines import engine_classes, flag_of
+
+    found = [
+        OptionInfo(name, _type_name(info.annotation), info.default, OPTION_HELP.get(name, ""), None, "--" + name.replace("_", "-"))
+        for name, info in RunOptions.model_fields.items()
+        if name != "engine"
+    ]
+    for ename, cls in engine_classes().items():
+        if engine is not None and ename != engine:
+            continue
+        for name, info in cls.Options.model_fields.items():
+            cli = (info.json_schema_extra or {}).get("cli") if isinstance(info.json_schema_extra, dict) else None
+            if cli:
+                found.append(OptionInfo(name, _type_name(info.annotation), info.default, cli.get("help") or "", ename, flag_of(name)))
+    return found
+
+
+def _options_doc() -> str:
+    lines = ["", "Keywords (``LipSyncPipeline.options()`` returns them as :class:`OptionInfo`):", ""]
+    for o in list_options():
+        owner = f" [{o.engine}]" if o.engine else ""
+        lines.append(f"    {o.name}: {o.type} = {o.default!r}{owner}\n        {o.help}")
+    return "\n".join(lines)
+
+
 class LipSyncPipeline:
-    """One configured engine plus options; ``run()`` may be called many times."""
+    """One configured engine plus options; ``run()`` may be called many times.
+
+    ``LipSyncPipeline(engine="wav2lip", fps=30, wav2lip_pads=(0, 20, 0, 0))``: the
+    keywords are the CLI's options with ``_`` (listed below, and by
+    :meth:`options`).  A bad value raises :class:`~lipsync_tool.errors.UsageError`
+    naming the keyword.
+    """
+
+    @staticmethod
+    def options(engine: str | None = None) -> list[OptionInfo]:
+        """The keywords this class takes, typed and documented (one engine's with *engine*)."""
+        return list_options(engine)
 
     def __init__(self, engine: str = "sadtalker", *, observer: Observer | None = None, downloader=None, resources=None, device_decision=None, **options: Any):
         self.engine: Engine = get_engine(engine)
@@ -180,6 +242,9 @@ class Run:
         self.seed = self.opts.seed if self.opts.seed is not None else random.randrange(2**31)
         self.ws: Workspace | None = None
         self.reached_engine = False
+        self._report_written = False
+        #: Whether the files this run writes passed check_targets (nothing user-chosen is written before).
+        self._targets_checked = False
         self.hls = None  # HlsOutput, with --hls
         self.clips: list[Path] | None = None  # normalised chunk clips, when chunked
         self.chunk_state = None
@@ -256,14 +321,7 @@ class Run:
         with self._step():
             self.observer.stage("validate")
             with self.timer("validate"):
-                if self.output is None and self.opts.hls is None:
-                    raise UsageError("give an OUTPUT file, --hls DIR, or both", subject="OUTPUT")
-                if self.output is not None:
-                    check_output_path(self.output, [self.image, self.audio], overwrite=self.opts.overwrite)
-                if self.opts.hls is not None:
-                    from .hls import check_hls_dir
-
-                    check_hls_dir(Path(self.opts.hls), overwrite=self.opts.overwrite)
+                self._check_paths()
                 self.ff = find_ffmpeg(self.p.settings.ffmpeg)
                 self.report["tool"]["ffmpeg"] = {"path": self.ff.path, "version": self.ff.version, "source": self.ff.source}
                 self.ws = create_workspace()
@@ -292,19 +350,82 @@ class Run:
             video_fps = face.info.video.fps if face.is_video and face.info and face.info.video else None
             self.fps = video_fps if (video_fps and "fps" not in self.opts.model_fields_set) else self.opts.fps
 
+    def _check_paths(self) -> None:
+        """Every path the user gave, before any work: inputs readable, every
+        file this run writes (OUTPUT, --report, --hls) safe to write."""
+        from .hls import hls_target
+        from .targets import Target, check_input_file, check_path_name, check_targets
+
+        o = self.opts
+        if self.output is None and o.hls is None:
+            raise UsageError(f"give an {naming.option('output')} file, {naming.option('hls')} DIR, or both", subject=naming.option("output"))
+        check_input_file(self.image, naming.option("image"), what="portrait")
+        check_input_file(self.audio, naming.option("audio"), what="speech audio")
+        refs = [Path(p).expanduser() for p in self.engine.staged_refs(self.p.engine_options).values()]
+        user_files = [Path(p).expanduser() for p in self.engine.user_files(self.p.engine_options).values()]
+        for path in refs:
+            check_input_file(path, self._option_holding(path), what="video", expect="video")
+        for path in user_files:
+            check_input_file(path, self._option_holding(path), what="PyTorch checkpoint (.pth)", expect="checkpoint")
+        inputs = [self.image, self.audio, *refs, *user_files]
+        for field_name in ("python", "cache_dir", "registry"):
+            value = getattr(o, field_name)
+            if value is not None:
+                check_path_name(Path(value), naming.option(field_name))
+        if o.registry is not None:
+            inputs.append(Path(o.registry))
+        targets = []
+        if self.output is not None:
+            check_output_name(self.output)
+            targets.append(Target(self.output, naming.option("output")))
+        if o.report is not None:
+            targets.append(Target(Path(o.report), naming.option("report")))
+        if o.hls is not None:
+            targets.append(hls_target(Path(o.hls), naming.option("hls")))
+        check_targets(targets, inputs, overwrite=o.overwrite)
+        self._targets_checked = True
+
+    def _option_holding(self, path: Path) -> str:
+        """The engine option that names *path* (or a folder holding it), for messages."""
+        from .engines import option_label
+
+        for name, value in self.p.engine_options:
+            if isinstance(value, (str, Path)) and value:
+                given = Path(value).expanduser()
+                if given == path or given in path.parents:
+                    return option_label(name)
+        return "an engine option"
+
     def _stage_inputs(self) -> None:
-        from .media import count_faces, first_frame, stage_audio, stage_face
+        from .media import find_faces, first_frame, several_faces_message, stage_audio, stage_face
 
         ws, ff, report = self.ws, self.ff, self.report
         assert ws is not None
         self.face_path, self.face = stage_face(self.image, ws.inputs / "face", ff, allow_video=self.engine.supports_video_face)
         face = self.face
-        report["inputs"]["face"] = {"staged": str(self.face_path), "is_video": face.is_video, "width": face.width, "height": face.height, "downscaled_from": face.downscaled_from}
+        report["inputs"]["face"] = {
+            "staged": str(self.face_path),
+            "is_video": face.is_video,
+            "width": face.width,
+            "height": face.height,
+            "downscaled_from": face.downscaled_from,
+            "frames": face.frames,
+            "warnings": list(face.warnings),
+        }
         # A fixed face box (--wav2lip-box) means the user placed the face; the detector would be ignored.
         if not self.opts.skip_face_check and getattr(self.p.engine_options, "wav2lip_box", None) is None:
             still = self.face_path if not face.is_video else first_frame(self.face_path, ff, ws.inputs / "first_frame.png")
-            faces = count_faces(still)
+            boxes = find_faces(still)
+            faces = len(boxes)
+            # Boxes in pixels of the user's image (the staged copy may be downscaled).
+            scale = face.downscaled_from[0] / face.width if face.downscaled_from else 1.0
             report["inputs"]["face"]["faces_found"] = faces
+            report["inputs"]["face"]["face_boxes"] = [
+                {"x": b.x, "y": b.y, "width": b.width, "height": b.height, "score": round(b.score, 3)} for b in (box.scaled(scale) for box in boxes)
+            ]
+            if msg := several_faces_message(self.image, boxes, scale=scale, first_frame=face.is_video):
+                log.warning("%s", msg)
+                report["inputs"]["face"]["warnings"].append(msg)
             if faces == 0:
                 raise FaceNotFoundError(
                     "no face found by the pre-check",
@@ -323,7 +444,14 @@ class Run:
 
             stage_video(Path(src).expanduser(), ws.inputs / f"{name}.mp4", ff)
         a = self.audio_check
-        report["inputs"]["audio_info"] = {"duration": round(a.duration, 4), "max_volume_db": a.max_volume_db, **a.info.to_dict()}
+        # "duration" is what decodes (the clip's length), "declared_duration" what the file's header says.
+        report["inputs"]["audio_info"] = {
+            **a.info.to_dict(),
+            "duration": round(a.duration, 4),
+            "declared_duration": a.declared_duration,
+            "max_volume_db": a.max_volume_db,
+            "warnings": list(a.warnings),
+        }
         if a.silent:
             log.warning("%s is digital silence (peak %s dB); the lips will not move", self.audio, a.max_volume_db)
 
@@ -550,9 +678,9 @@ class Run:
                     with self.timer("publish"):
                         info = probe(tmp_out, ff=self.ff, measure=True)
                         check_published(info, duration, remove_audio=opts.remove_audio, fps=self.fps)
-                        if self.output.exists() and not opts.overwrite:
-                            raise OutputPathError("appeared while the run was going; not overwriting it", subject=self.output, hint="Pass --overwrite to replace it.")
-                        os.replace(tmp_out, self.output)
+                        from .targets import publish_file
+
+                        publish_file(tmp_out, self.output, overwrite=opts.overwrite)
                         self.report["output"]["media"] = {**info.to_dict(), "path": str(self.output)}
                 if self.hls is not None:
                     if self.clips is None:
@@ -589,17 +717,19 @@ class Run:
         if versions is not None and "packages" not in self.report["engine"]:
             try:
                 self.report["engine"]["packages"] = versions.result(timeout=5 if self.report.get("status") != "ok" else 60)
-            except Exception as exc:  # noqa: BLE001 - the report says so instead
+            except Exception as exc:
                 self.report["engine"]["packages"] = {"error": str(exc)}
         text = json.dumps(self.report, indent=2, default=str)
         if self.ws is not None and self.ws.root.exists():
             (self.ws.root / "report.json").write_text(text)
-        if self.opts.report:
-            from .resources.cache import atomic_write_text
+        if self.opts.report and self._targets_checked:
+            from .targets import write_text_file
 
             try:
-                atomic_write_text(Path(self.opts.report), text)
-            except OSError as exc:
+                # Checked before the run; written once without --overwrite, then replaced by this run alone.
+                write_text_file(Path(self.opts.report), text, overwrite=self.opts.overwrite or self._report_written)
+                self._report_written = True
+            except (OSError, OutputPathError) as exc:
                 log.warning("could not write the report to %s: %s", self.opts.report, exc)
 
     def _cleanup(self) -> None:
@@ -620,7 +750,7 @@ def _background(fn, *args):
     def work() -> None:
         try:
             fut.set_result(fn(*args))
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             fut.set_exception(exc)
 
     threading.Thread(target=work, daemon=True).start()
@@ -652,31 +782,15 @@ def temp_output_path(output: Path) -> Path:
     return output.with_name(f".{output.stem}.{os.getpid()}-{random.randrange(16**6):06x}.partial{output.suffix.lower()}")
 
 
-def check_output_path(output: Path, inputs: list[Path], *, overwrite: bool) -> None:
-    """OUTPUT must be writable, a video container, new (or --overwrite), not an input."""
-    if output.suffix.lower() not in OUTPUT_EXTENSIONS:
-        raise OutputPathError(
-            f"has the extension {output.suffix or '(none)'!r}; the output must be one of {', '.join(OUTPUT_EXTENSIONS)}",
-            subject=output,
-            hint="Name it e.g. out.mp4.",
-        )
-    parent = output.absolute().parent
-    if not parent.is_dir():
-        raise OutputPathError(f"its folder {parent} does not exist", subject=output, hint=f"Create it first: mkdir -p {parent}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputPathError(f"its folder {parent} is not writable", subject=output)
-    for i in inputs:
-        try:
-            if i.exists() and output.exists() and os.path.samefile(i, output):
-                raise OutputPathError("is one of the inputs; refusing to overwrite it", subject=output)
-        except OSError:
-            pass
-        if i.absolute() == output.absolute():
-            raise OutputPathError("is one of the inputs; refusing to overwrite it", subject=output)
+def check_output_name(output: Path) -> None:
+    """OUTPUT names a video container (the other checks are :func:`targets.check_targets`'s)."""
     if output.is_dir():
-        raise OutputPathError("is a folder", subject=output)
-    if output.exists() and not overwrite:
-        raise OutputPathError("already exists", subject=output, hint="Pass --overwrite to replace it.")
+        raise OutputPathError(
+            f"is a folder; {naming.option('output')} must be a video file name", subject=output, hint=f"Name a file inside it, e.g. {output / 'out.mp4'}"
+        )
+    if output.suffix.lower() not in OUTPUT_EXTENSIONS:
+        what = f"the extension {output.suffix!r}" if output.suffix else "no extension"
+        raise OutputPathError(f"has {what}; the output must be a {', '.join(OUTPUT_EXTENSIONS)} file", subject=output, hint=f"Name it e.g. {output.with_suffix('.mp4').name}.")
 
 
 def check_published(info, audio_duration: float, *, remove_audio: bool, fps: float) -> None:
@@ -689,3 +803,9 @@ def check_published(info, audio_duration: float, *, remove_audio: bool, fps: flo
     vdur = info.video.duration
     if vdur is not None and abs(vdur - audio_duration) > frame + 1e-6:
         raise FFmpegError(f"the video lasts {vdur:.3f} s but the audio {audio_duration:.3f} s (more than one frame apart)")
+
+
+try:
+    LipSyncPipeline.__init__.__doc__ = "Configure *engine* with keyword options.\n" + _options_doc()
+except Exception:
+    log.debug("could not list the options for the docstring", exc_info=True)

@@ -11,12 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform as pyplatform
+import re
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, NamedTuple
 
+from .constants import ENV_TORCH
 from .engines.base import Device, Engine
 from .errors import DependencyError, DeviceError, UsageError
 
@@ -143,12 +147,166 @@ def resolve_device(requested: str, python: str, *, driver_present: bool | None =
 
 
 def default_timeout(audio_seconds: float, device: Device) -> float:
-    """About 4 min per minute of audio plus 2 min on a GPU; ten times that on the CPU."""
-    gpu = audio_seconds / 60 * 240 + 120
-    return gpu if device.kind == "cuda" else gpu * 10
+    """About 4 min per minute of audio plus 2 min on a GPU; on the CPU 6 min per
+    *second* of audio plus 20 min, since SadTalker's face renderer alone took
+    about 10 s per frame (250 s per second of audio at 25 fps) on a 2-core machine."""
+    if device.kind == "cuda":
+        return audio_seconds / 60 * 240 + 120
+    return audio_seconds * 360 + 1200
 
 
 # -- --install-deps ---------------------------------------------------------------------
+
+#: PyTorch's own index of CPU-only wheels (torch, torchvision and their dependencies).
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+_TORCH_INDEX_ROOT = "https://download.pytorch.org/whl/"
+#: Packages whose build must match torch's, so they come from torch's index.
+TORCH_FAMILY = frozenset({"torch", "torchvision", "torchaudio"})
+TORCH_CHOICES = ("auto", "cpu", "cuda")
+TorchChoice = Literal["auto", "cpu", "cuda"]
+
+#: About how big torch + torchvision are (MB download, MB on disk), for the announcement.
+_SIZE_CPU = (200, 700)
+_SIZE_CUDA = (2500, 6000)  # with its nvidia-* packages
+_SIZE_MACOS = (100, 400)
+_SIZE_KEPT = (10, 30)  # torchvision (and the like) beside a torch that is kept
+
+
+@dataclass(frozen=True)
+class TorchPlan:
+    """Which build of torch ``--install-deps`` installs, from which index, and about how big it is."""
+
+    variant: Literal["cpu", "cuda", "default"]  # default: whatever pip's index serves here (CPU/MPS on macOS)
+    index_url: str | None  # None: pip's own index (PyPI, or what the user configured)
+    why: str
+    download_mb: int | None = None
+    installed_mb: int | None = None
+    keep: str | None = None  # "torch==<installed>": the torch already there, pinned so pip keeps it
+
+    @property
+    def label(self) -> str:
+        return {"cpu": "CPU build", "cuda": "CUDA build", "default": "default build"}[self.variant]
+
+
+def torch_choice(value: str | None = None) -> TorchChoice:
+    """*value*, else ``LIPSYNC_TOOL_TORCH``, else ``auto``; anything else is a usage error."""
+    subject = "torch_variant" if value is not None else ENV_TORCH
+    raw = value if value is not None else os.environ.get(ENV_TORCH, "")
+    choice = raw.strip().lower() or "auto"
+    if choice not in TORCH_CHOICES:
+        raise UsageError(f"{subject}={raw!r} is not one of {', '.join(TORCH_CHOICES)}", subject=subject)
+    return choice  # type: ignore[return-value]
+
+
+def requirement_name(spec: str) -> str:
+    """``torchvision>=0.17`` → ``torchvision`` (normalised)."""
+    m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", spec)
+    return re.sub(r"[-_.]+", "-", m.group(1)).lower() if m else spec.strip().lower()
+
+
+def plan_torch_install(
+    *,
+    driver_present: bool,
+    platform: str,
+    machine: str,
+    choice: TorchChoice = "auto",
+    already_installed: str | None = None,
+) -> TorchPlan:
+    """Which torch build to install: pure, so that it can be tested everywhere.
+
+    *platform* is ``sys.platform``, *machine* ``platform.machine()``, and
+    *already_installed* the version of a torch that the interpreter already
+    has (and that satisfies the engine): it is kept, and what joins it comes
+    from its index.  Otherwise, with no GPU driver (or ``cpu`` chosen), Linux
+    and Windows x86_64 get PyTorch's CPU wheels, since PyPI's Linux torch is
+    the multi-GB CUDA build; macOS and other CPUs get PyPI's, which have no
+    CUDA anyway.  A driver (or ``cuda`` chosen) means PyPI's default build.
+    """
+    if choice not in TORCH_CHOICES:
+        raise ValueError(f"choice must be one of {TORCH_CHOICES}, not {choice!r}")
+    x86_64 = machine.lower() in ("x86_64", "amd64")
+    linux = platform.startswith("linux")
+    windows = platform in ("win32", "cygwin")
+    if already_installed:
+        why = f"torch {already_installed} is already installed and is kept"
+        if choice != "auto":
+            why += f" ({ENV_TORCH}={choice} applies to a new install only)"
+        local = already_installed.partition("+")[2]
+        if re.fullmatch(r"cpu|cu\d+|rocm[\d.]+|xpu", local):
+            variant = "cpu" if local == "cpu" else "cuda" if local.startswith("cu") else "default"
+            return TorchPlan(variant, _TORCH_INDEX_ROOT + local, why, *_SIZE_KEPT, keep=f"torch=={already_installed}")
+        variant = "cuda" if linux and x86_64 else "default"
+        return TorchPlan(variant, None, why, *_SIZE_KEPT, keep=f"torch=={already_installed}")
+    if choice == "cpu" or (choice == "auto" and not driver_present):
+        why = f"{ENV_TORCH}=cpu" if choice == "cpu" else "no NVIDIA driver found"
+        if (linux or windows) and x86_64:
+            return TorchPlan("cpu", TORCH_CPU_INDEX, why, *_SIZE_CPU)
+        size = _SIZE_MACOS if platform == "darwin" else (None, None)
+        return TorchPlan("default", None, f"{why}; PyPI's torch for this platform is CPU-only already", *size)
+    why = f"{ENV_TORCH}=cuda" if choice == "cuda" else "a GPU driver was found"
+    if linux and x86_64:
+        return TorchPlan("cuda", None, why, *_SIZE_CUDA)
+    if windows:
+        return TorchPlan("default", None, f"{why}, but PyPI's torch for Windows is CPU-only; see pytorch.org for a CUDA build", *_SIZE_CPU)
+    return TorchPlan("default", None, why, *(_SIZE_MACOS if platform == "darwin" else (None, None)))
+
+
+class PipCommand(NamedTuple):
+    argv: list[str]
+    packages: list[str]  # the requirements it installs (a kept torch's pin aside)
+
+
+def pip_install_argv(python: str, pip_args: tuple[str, ...], reqs: list[str]) -> list[str]:
+    return [python, "-m", "pip", "install", "--disable-pip-version-check", *pip_args, *reqs]
+
+
+def install_commands(python: str, steps: list[tuple[tuple[str, ...], list[str]]], torch_plan: TorchPlan | None) -> list[PipCommand]:
+    """The pip argument lists (never a shell line) for *steps*, in order.
+
+    torch and its family go in a pip call of their own, with the plan's
+    ``--index-url`` (which replaces PyPI for that call, so nothing else may
+    ride along), and with the kept torch pinned so pip cannot replace it."""
+    commands = []
+    for pip_args, reqs in steps:
+        family = [r for r in reqs if requirement_name(r) in TORCH_FAMILY]
+        others = [r for r in reqs if requirement_name(r) not in TORCH_FAMILY]
+        if family:
+            if torch_plan is None:
+                raise ValueError(f"{', '.join(family)} need a TorchPlan")
+            index = ("--index-url", torch_plan.index_url) if torch_plan.index_url else ()
+            keep = [torch_plan.keep] if torch_plan.keep else []
+            commands.append(PipCommand(pip_install_argv(python, (*pip_args, *index), [*family, *keep]), family))
+        if others:
+            commands.append(PipCommand(pip_install_argv(python, pip_args, others), others))
+    return commands
+
+
+def _size(mb: int) -> str:
+    return f"{mb / 1000:g} GB" if mb >= 1000 else f"{mb} MB"
+
+
+def describe_install(python: str, commands: list[PipCommand], torch_plan: TorchPlan | None, choice: TorchChoice = "auto") -> str:
+    """The one line said before pip runs: what, from where, about how big."""
+    packages = [requirement_name(r) for c in commands for r in c.packages]
+    family = [n for n in packages if n in TORCH_FAMILY]
+    others = [n for n in packages if n not in TORCH_FAMILY]
+    if not family or torch_plan is None:
+        return f"Installing {len(others)} package(s) into {python}: {', '.join(others)}."
+    where = f"from {torch_plan.index_url}" if torch_plan.index_url else "from pip's default index"
+    size = ""
+    if torch_plan.download_mb and torch_plan.installed_mb:
+        size = f"; about {_size(torch_plan.download_mb)} download, {_size(torch_plan.installed_mb)} on disk"
+    text = f"Installing {', '.join(family)} ({torch_plan.label} {where}: {torch_plan.why}{size})"
+    if others:
+        text += f" and {len(others)} other package(s) ({', '.join(others)})"
+    text += f" into {python}."
+    if torch_plan.keep is None and choice == "auto":
+        if torch_plan.variant == "cpu":
+            text += f" Set {ENV_TORCH}=cuda for the CUDA build (about {_size(_SIZE_CUDA[0])} download, {_size(_SIZE_CUDA[1])} on disk)."
+        elif torch_plan.variant == "cuda":
+            text += f" Set {ENV_TORCH}=cpu for the CPU-only build (about {_size(_SIZE_CPU[0])} download, {_size(_SIZE_CPU[1])} on disk)."
+    return text
+
 
 _SATISFIED = """
 import json, sys, importlib.metadata as m
@@ -169,60 +327,90 @@ print(json.dumps(out))
 """
 
 
-def unsatisfied(python: str, requirements: list[str]) -> list[str]:
+def requirement_state(python: str, requirements: list[str]) -> dict[str, str | None | Literal[False]]:
+    """Each requirement → the installed version that satisfies it, ``False``
+    (installed, but another version) or ``None`` (not installed)."""
     try:
         proc = subprocess.run([python, "-c", _SATISFIED, json.dumps(requirements)], capture_output=True, check=False, stdin=subprocess.DEVNULL, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise DependencyError(f"cannot inspect the packages of {python}: {exc}", subject="--python") from None
     if proc.returncode != 0:
         raise DependencyError(f"cannot inspect the packages of {python}: {proc.stderr.decode('utf-8', 'replace').strip()[-300:]}", subject="--python")
-    state = json.loads(proc.stdout.decode().strip().splitlines()[-1])
-    return [r for r, v in state.items() if not v]
+    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
+
+
+def unsatisfied(python: str, requirements: list[str]) -> list[str]:
+    state = requirement_state(python, requirements)
+    return [r for r in requirements if not state.get(r)]
+
+
+def _steps(engine: Engine, state: dict) -> list[tuple[tuple[str, ...], list[str]]]:
+    steps = []
+    for pip_args, reqs in engine.requirements:
+        missing = [r for r in reqs if not state.get(r)]
+        if missing:
+            steps.append((pip_args, missing))
+    return steps
 
 
 def install_plan(engine: Engine, python: str) -> list[tuple[tuple[str, ...], list[str]]]:
     """The pip steps still needed, in upstream-safe order (torch first, then
     basicsr and friends without build isolation)."""
-    plan = []
-    for pip_args, reqs in engine.requirements:
-        missing = unsatisfied(python, list(reqs))
-        if missing:
-            plan.append((pip_args, missing))
-    return plan
+    return _steps(engine, requirement_state(python, [r for _, reqs in engine.requirements for r in reqs]))
 
 
-def pip_install_argv(python: str, pip_args: tuple[str, ...], reqs: list[str]) -> list[str]:
-    return [python, "-m", "pip", "install", "--disable-pip-version-check", *pip_args, *reqs]
+def _platform() -> tuple[str, str]:
+    """(``sys.platform``, ``platform.machine()``); a seam for tests."""
+    return sys.platform, pyplatform.machine()
 
 
 _INSTALL_LOCK = threading.Lock()
 _INSTALLED: set[tuple[str, str]] = set()
 
 
-def install_deps(engine: Engine, python: str, *, log_path: Path | None = None) -> list[str]:
+def install_deps(engine: Engine, python: str, *, log_path: Path | None = None, torch_variant: str | None = None) -> list[str]:
     """Install what *engine* needs into *python*; returns what was installed.
+
+    *torch_variant* is auto, cpu or cuda (default: ``LIPSYNC_TOOL_TORCH``, else
+    auto: the CPU build where there is no GPU driver); see plan_torch_install.
+    What will be installed, from where and about how big is logged first.
 
     Once per (engine, interpreter) and process, and never two pip runs at
     once (batch jobs stage on several threads)."""
+    choice = torch_choice(torch_variant)
     with _INSTALL_LOCK:
         if (engine.name, python) in _INSTALLED:
             return []
-        installed = _install(engine, python, log_path)
+        installed = _install(engine, python, log_path, choice)
         _INSTALLED.add((engine.name, python))
         return installed
 
 
-def _install(engine: Engine, python: str, log_path: Path | None) -> list[str]:
+def _install(engine: Engine, python: str, log_path: Path | None, choice: TorchChoice) -> list[str]:
+    state = requirement_state(python, [r for _, reqs in engine.requirements for r in reqs])
+    steps = _steps(engine, state)
+    if not steps:
+        return []
+    torch_plan = None
+    if any(requirement_name(r) in TORCH_FAMILY for _, missing in steps for r in missing):
+        kept = next((v for r, v in state.items() if requirement_name(r) == "torch" and v), None)
+        platform_, machine = _platform()
+        torch_plan = plan_torch_install(driver_present=gpu_driver_present(), platform=platform_, machine=machine, choice=choice, already_installed=kept)
+    commands = install_commands(python, steps, torch_plan)
+    log.warning("%s", describe_install(python, commands, torch_plan, choice))
     installed: list[str] = []
-    for pip_args, missing in install_plan(engine, python):
-        argv = pip_install_argv(python, pip_args, missing)
-        log.info("installing into %s: %s", python, " ".join(missing))
+    for argv, packages in commands:
+        log.info("installing into %s: %s", python, " ".join(packages))
         proc = subprocess.run(argv, capture_output=True, check=False, stdin=subprocess.DEVNULL)
         if log_path:
             with open(log_path, "ab") as f:
                 f.write(b"$ " + " ".join(argv).encode() + b"\n" + proc.stdout + proc.stderr)
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.decode("utf-8", "replace").strip().splitlines()[-12:])
-            raise DependencyError(f"pip failed to install {' '.join(missing)}:\n{tail}", subject="--install-deps", hint="Read pip's message above; a dedicated environment (--python) often helps.")
-        installed += missing
+            raise DependencyError(
+                f"pip failed to install {' '.join(packages)}:\n{tail}",
+                subject="--install-deps",
+                hint="Read pip's message above; a dedicated environment (--python) often helps.",
+            )
+        installed += packages
     return installed

@@ -8,6 +8,7 @@ crashes in its engine step.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -290,3 +291,59 @@ def test_a_registered_scorer_fills_in_the_comparison(engines, media, tmp_path):
     entry = result.data["engines"][0]
     assert (entry["lse_c"], entry["lse_d"], entry["scorer"]) == (8.0, 6.0, "recording")
     assert "| 8.000 | 6.000 |" in result.md_path.read_text()
+
+
+# -- what compare writes: guarded like OUTPUT -----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["comparison.json", "comparison.md", "fake.report.json", "side_by_side.mp4"])
+def test_every_file_compare_writes_needs_overwrite_to_be_replaced(cli, engines, media, tmp_path, trace, name):
+    face, speech = media.portrait(), media.audio(seconds=1.0)
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / name).write_text("an earlier result\n")
+    refused = cli("compare", face, speech, out, "--engines", "fake", *FAST)
+    assert refused.code == 2, refused.output
+    assert f"already holds {name}" in refused.stderr and "--overwrite" in refused.stderr
+    assert (out / name).read_text() == "an earlier result\n"
+    assert not trace.exists()
+    replaced = cli("compare", face, speech, out, "--engines", "fake", "--overwrite", "--target-height", "240", *FAST)
+    assert replaced.code == 0, replaced.output
+    assert (out / name).read_bytes() != b"an earlier result\n"
+
+
+def test_compare_never_writes_over_an_input_even_with_overwrite(cli, engines, media, tmp_path, trace):
+    from lipsync_tool.compare import find_font
+
+    face, speech = media.portrait(), media.audio(seconds=1.0)
+    font = tmp_path / "label.ttf"
+    shutil.copyfile(find_font(), font)
+    out = tmp_path / "cmp"
+    out.mkdir()
+    os.link(font, out / "comparison.md")  # the label font, hard-linked where the table goes
+    result = cli("compare", face, speech, out, "--engines", "fake", "--font", font, "--overwrite", *FAST)
+    assert result.code == 2, result.output
+    assert f"{out / 'comparison.md'}: is one of the inputs ({font}" in result.stderr
+    (out / "comparison.md").unlink()
+    (out / "fake.report.json").symlink_to(speech)  # the audio, linked where a report goes
+    result = cli("compare", face, speech, out, "--engines", "fake", "--font", font, "--overwrite", *FAST)
+    assert result.code == 2, result.output
+    assert f"{out / 'fake.report.json'}: is one of the inputs ({speech}" in result.stderr
+    assert not trace.exists()
+    assert font.read_bytes() == find_font().read_bytes()
+
+
+def test_compare_counts_reference_videos_as_inputs(engines, media, tmp_path, trace, monkeypatch):
+    import fake_lipsync_engine
+
+    from lipsync_tool.compare import compare
+    from lipsync_tool.errors import OutputPathError
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    ref = out / "side_by_side.mp4"
+    shutil.copyfile(media.video("pose.mp4"), ref)
+    monkeypatch.setattr(fake_lipsync_engine.FakeEngine, "staged_refs", lambda self, options: {"ref_pose": ref})
+    with pytest.raises(OutputPathError, match="is one of the inputs"):
+        compare(media.portrait(), media.audio(seconds=1.0), out, engines="fake", options={"overwrite": True, "x264_preset": "ultrafast"})
+    assert not trace.exists()

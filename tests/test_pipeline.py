@@ -233,18 +233,36 @@ def test_ctrl_c_kills_the_engine_and_exits_130(plugin_env, media, tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
 
 
-def test_engine_finds_the_tools_ffmpeg_by_name(fake_engine, media, cli, tmp_path):
-    """The fake upstream calls plain `ffmpeg`; there is none on this PATH but
-    the one lipsync-tool chose (the imageio-ffmpeg binary in CI)."""
-    out = tmp_path / "out.mp4"
-    path_without_ffmpeg = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "ffmpeg").exists())
-    os.environ["PATH_BACKUP"] = os.environ["PATH"]
-    try:
-        os.environ["PATH"] = path_without_ffmpeg
-        r = cli(media.portrait(), media.audio(seconds=0.8), out, "--engine", "fake", "--no-upscale")
-    finally:
-        os.environ["PATH"] = os.environ.pop("PATH_BACKUP")
+@pytest.mark.parametrize("on_path", ["no ffmpeg", "another ffmpeg"])
+def test_engine_finds_the_tools_ffmpeg_by_name(fake_engine, media, cli, tmp_path, monkeypatch, on_path):
+    """The fake upstream calls plain `ffmpeg`, which must be the one lipsync-tool
+    chose: the bundled imageio-ffmpeg binary when PATH has no ffmpeg at all, and
+    LIPSYNC_TOOL_FFMPEG's when PATH has another one (here one that fails)."""
+    import shutil
+
+    import imageio_ffmpeg
+
+    bundled = imageio_ffmpeg.get_ffmpeg_exe()
+    image, audio, out, report = media.portrait(), media.audio(seconds=0.8), tmp_path / "out.mp4", tmp_path / "report.json"
+    # Drop every PATH entry that holds an ffmpeg; git may live beside it (Debian's
+    # /usr/bin), so it comes back through a directory of its own.
+    tools = tmp_path / "path-bin"
+    tools.mkdir()
+    os.symlink(shutil.which("git"), tools / "git")
+    kept = [p for p in os.environ["PATH"].split(os.pathsep) if p and not (Path(p) / "ffmpeg").exists()]
+    if on_path == "another ffmpeg":
+        decoy = tools / "ffmpeg"
+        decoy.write_text("#!/bin/sh\necho 'the ffmpeg on PATH ran, not the one lipsync-tool chose' >&2\nexit 97\n")
+        decoy.chmod(0o755)
+        monkeypatch.setenv("LIPSYNC_TOOL_FFMPEG", bundled)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(tools), *kept]))
+    assert (shutil.which("ffmpeg") is None) == (on_path == "no ffmpeg")
+    r = cli(image, audio, out, "--engine", "fake", "--no-upscale", "--report", report)
     assert r.code == 0, r.output
+    chosen = json.loads(report.read_text())["tool"]["ffmpeg"]
+    assert chosen["path"] == bundled
+    assert chosen["source"] == ("imageio-ffmpeg" if on_path == "no ffmpeg" else "LIPSYNC_TOOL_FFMPEG")
+    assert probe(out).video is not None
 
 
 def test_python_api_returns_result_with_report(fake_engine, media, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .. import naming
 from ..errors import UsageError
 from .base import Engine, EngineOptions
 
@@ -71,7 +72,7 @@ def get_engine(name: str) -> Engine:
     except KeyError:
         raise UsageError(
             f"unknown engine {name!r}",
-            subject="--engine",
+            subject=naming.option("engine"),
             hint="Choose one of: " + ", ".join(available_engines()),
         ) from None
 
@@ -81,8 +82,15 @@ def option_owner(field: str) -> list[str]:
     return [n for n, cls in engine_classes().items() if field in cls.Options.model_fields]
 
 
+def option_label(field: str) -> str:
+    """How messages name an option field: its CLI flag on the command line, its keyword from Python."""
+    from .. import naming
+
+    return naming.option(field, flag_of(field))
+
+
 def flag_of(field: str) -> str:
-    """The CLI spelling of an option field, for messages."""
+    """The CLI spelling of an option field."""
     for cls in engine_classes().values():
         info = cls.Options.model_fields.get(field)
         if info is not None and isinstance(info.json_schema_extra, dict):
@@ -101,10 +109,10 @@ def make_options(engine: Engine, values: dict[str, Any]) -> EngineOptions:
             if owners:
                 raise UsageError(
                     f"this option belongs to the {' and '.join(owners)} engine, not to {engine.name}",
-                    subject=flag_of(key),
-                    hint=f"Drop it, or use --engine {owners[0]}.",
+                    subject=option_label(key),
+                    hint=f"Drop it, or use {naming.setting('engine', owners[0])}.",
                 )
-            raise UsageError(f"unknown option for engine {engine.name}", subject=key)
+            raise UsageError(f"unknown option for engine {engine.name}", subject=key, hint=f"See {'lipsync-tool run --help' if naming.cli_names() else 'LipSyncPipeline.options()'} for the options.")
     try:
         return engine.Options(**values)
     except ValidationError as exc:
@@ -119,7 +127,12 @@ def validation_to_usage(exc: Any) -> UsageError:
     msg = err.get("msg", str(exc))
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
-    subject = flag_of(field) if field else None
+    elif err.get("type") == "finite_number":
+        msg = "must be a finite number"
+    given = err.get("input")
+    if isinstance(given, (int, float, str)) and not isinstance(given, bool) and err.get("type") != "value_error":
+        msg += f", not {given!r}" if isinstance(given, str) else f", not {given}"
+    subject = option_label(field) if field else None
     more = len(exc.errors()) - 1
     if more:
         msg += f" (and {more} more problem{'s' if more > 1 else ''})"

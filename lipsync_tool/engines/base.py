@@ -177,7 +177,7 @@ def field_cli(flag: str, *, help: str, metavar: str | None = None, aliases: tupl
 class EngineOptions(BaseModel):
     """Base of every engine's options model: unknown fields are rejected."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def resolved(self) -> EngineOptions:
         """The options with presets applied and defaults filled in."""
