@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, machine  # noqa: E402
+from _common import emit, machine
 
 HEAVY = ("torch", "cv2", "librosa", "git", "numpy", "PIL", "requests", "dlib")
 
@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     exe = shutil.which("lipsync-tool") or str(Path(sys.executable).with_name("lipsync-tool"))
-    probe = "import sys, lipsync_tool.cli as c; c.build_app(False); print(','.join(m for m in %r if m in sys.modules))" % (HEAVY,)
+    probe = f"import sys, lipsync_tool.cli as c; c.build_app(False); print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
     results = {
         "lipsync-tool --help": timed([exe, "--help"], args.repeat),

@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import emit, machine  # noqa: E402
-
 from lipsync_tool.engines.base import CheckpointSpec  # noqa: E402
 from lipsync_tool.resources.cache import Cache  # noqa: E402
 from lipsync_tool.resources.download import Downloader  # noqa: E402
@@ -44,7 +43,7 @@ def serve(path: Path) -> ThreadingHTTPServer:
         def log_message(self, *a):
             pass
 
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             self.send_response(200)
             self.send_header("Content-Length", str(size))
             self.end_headers()

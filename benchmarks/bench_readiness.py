@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import emit, machine  # noqa: E402
-
 from lipsync_tool.engines import get_engine, make_options  # noqa: E402
 from lipsync_tool.resources import cache as cache_mod  # noqa: E402
 from lipsync_tool.resources import download as download_mod  # noqa: E402

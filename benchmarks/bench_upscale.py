@@ -25,7 +25,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import emit, machine  # noqa: E402
-
 from lipsync_tool.config import UpscaleOptions  # noqa: E402
 from lipsync_tool.media import AudioSource, find_ffmpeg, run_ffmpeg_job, upscale_argv  # noqa: E402
 
@@ -102,7 +101,7 @@ def main() -> None:
         r["pass"] = r["speed_vs_raw_ffmpeg"] >= 0.95 and r["realtime_factor"] >= 2.0
     result = {
         "benchmark": "upscale 10 s of 512x512 @25 fps to 1080p (bicubic, libx264 crf 18, AAC), lipsync-tool vs the same argv run directly",
-        "command": "python benchmarks/bench_upscale.py --repeat %d" % args.repeat,
+        "command": f"python benchmarks/bench_upscale.py --repeat {args.repeat:d}",
         "machine": machine(ffmpeg=ff.version),
         "targets": {"speed_vs_raw_ffmpeg": ">= 0.95", "realtime_factor": ">= 2.0 (50 frames/s)"},
         "runs": runs,

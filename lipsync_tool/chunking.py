@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import wave
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +43,10 @@ class Chunk:
 
     def label(self, total: int) -> str:
         return f"chunk {self.index + 1}/{total} ({self.start:.2f}–{self.end:.2f} s)"
+
+    def to_dict(self) -> dict:
+        """As the run report lists it (and as the chunks' cache key hashes it)."""
+        return {"index": self.index, "start": round(self.start, 4), "end": round(self.end, 4), "frames": self.frames}
 
 
 def read_wav(path: Path):
@@ -160,3 +166,92 @@ class ChunkState:
 
     def mark_done(self, chunk: Chunk) -> None:
         (self.dir / f"chunk_{chunk.index:03d}.done").write_text(json.dumps(asdict(chunk)))
+
+
+class ChunkedRender:
+    """One chunked run's rendering: the chunks a crashed run finished are
+    reused, the others rendered one by one and normalised to their exact
+    frame count.
+
+    Runs with the same key share the chunks in the cache, so a lock makes them
+    take turns, from :meth:`open` to :meth:`close` (or :meth:`release` after a
+    failure, which leaves the finished chunks for a rerun).
+    """
+
+    def __init__(self, cache_dir: Path, key_parts: dict, plan: list[Chunk], seed: int):
+        from filelock import FileLock
+
+        from .resources.cache import Cache
+
+        self.cache = Cache(cache_dir)
+        self.key = run_key(key_parts)
+        self.plan = plan
+        self.requested_seed = seed
+        self.lock = FileLock(str(self.cache.lock_path("chunks", self.key)), thread_local=False)
+        self.state: ChunkState | None = None
+
+    def open(self, on_wait: Callable[[str], None]) -> int:
+        """Take the lock (waiting for another run with the same chunks) and
+        read their state; returns the seed to render with (a resumed run's)."""
+        from filelock import Timeout
+
+        try:
+            self.lock.acquire(timeout=0)
+        except Timeout:
+            log.warning("another run is rendering the same chunks; waiting for it")
+            on_wait("the same chunks")
+            self.lock.acquire()
+        self.state = ChunkState(self.cache.base / "chunks", self.key, self.plan, self.requested_seed)
+        if self.state.seed != self.requested_seed:
+            log.info("resuming a chunked run: using its seed %d", self.state.seed)
+        return self.state.seed
+
+    def render(
+        self,
+        audio_wav: Path,
+        render_one: Callable[[Path, float, str], Path],
+        normalise: Callable[[Path, Path, Chunk, str], None],
+        on_chunk: Callable[[Chunk, Path, str], None] | None = None,
+    ) -> list[int]:
+        """Render each chunk of *audio_wav* not done yet: ``render_one(wav,
+        seconds, label)`` returns the engine's clip, ``normalise(raw, clip,
+        chunk, label)`` writes the chunk's clip; *on_chunk* sees every chunk's
+        clip as soon as it is ready.  Returns the indexes of the reused chunks."""
+        state = self.state
+        assert state is not None, "open() first"
+        total = len(self.plan)
+        reused = []
+        for chunk in self.plan:
+            label = chunk.label(total)
+            if state.done(chunk):
+                reused.append(chunk.index)
+                log.info("%s: reusing the clip a previous run rendered", label)
+            else:
+                wav = audio_wav.with_name(f"audio_chunk_{chunk.index:03d}.wav")
+                write_wav_slice(audio_wav, chunk, wav)
+                raw = render_one(wav, chunk.duration, label)
+                normalise(raw, state.clip(chunk), chunk, label)
+                raw.unlink(missing_ok=True)
+                state.mark_done(chunk)
+            if on_chunk is not None:
+                on_chunk(chunk, state.clip(chunk), label)
+        return reused
+
+    @property
+    def clips(self) -> list[Path]:
+        assert self.state is not None
+        return [self.state.clip(c) for c in self.plan]
+
+    def release(self) -> None:
+        """Let other runs at the chunks (the finished ones stay for a rerun)."""
+        if self.lock.is_locked:
+            self.lock.release()
+
+    def close(self, keep_copy: Callable[[Path], None] | None = None) -> None:
+        """The run is done: hand the chunks to *keep_copy* (--keep-temp), delete them, release the lock."""
+        if self.state is not None:
+            if keep_copy is not None:
+                keep_copy(self.state.dir)
+            shutil.rmtree(self.state.dir, ignore_errors=True)
+        self.release()
+

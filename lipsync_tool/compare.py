@@ -1,12 +1,13 @@
 """Compare engines on the same inputs.
 
-:func:`compare` runs each engine through its own :class:`LipSyncPipeline`
-(one engine failing does not stop the others), then writes into OUT_DIR:
+:func:`compare` runs each engine through its own :class:`LipSyncPipeline`, one
+at a time on the :class:`~.scheduler.Scheduler` (one engine failing does not
+stop the others), then writes into OUT_DIR:
 
 * ``<engine>.mp4`` and ``<engine>.report.json`` per engine;
 * ``side_by_side.mp4``: every clip at the same height, labelled with the
   engine's name, with the original audio (one ffmpeg pass, built by the pure
-  :func:`side_by_side_graph`);
+  :func:`.media.side_by_side_graph`);
 * ``comparison.json`` and ``comparison.md``: engine, commit, options, wall
   time per stage, output resolution, fps and duration, lip-sync scores.
 
@@ -29,7 +30,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from . import __version__
 from .config import RunOptions
-from .errors import DependencyError, Interrupted, LipsyncError, OutputPathError, UsageError
+from .errors import LipsyncError, OutputPathError, UsageError, error_dict
+from .media import ENV_FONT, Clip, find_font, side_by_side_argv, side_by_side_graph
+from .scheduler import Event, RunWork, Scheduler
 from .targets import Target, check_targets, publish_file, write_text_file
 
 log = logging.getLogger(__name__)
@@ -38,9 +41,6 @@ NOT_COMPUTED = "not computed"
 SIDE_BY_SIDE = "side_by_side.mp4"
 COMPARISON_JSON = "comparison.json"
 COMPARISON_MD = "comparison.md"
-DEFAULT_ENGINES = ("sadtalker", "wav2lip")
-#: A font file for the labels, when none of the usual ones is installed.
-ENV_FONT = "LIPSYNC_TOOL_FONT"
 
 
 # -- lip-sync scores ------------------------------------------------------------------------
@@ -104,131 +104,6 @@ def score_fields(scorer: Scorer | None, video: Path | None, audio: Path) -> dict
         log.warning("scorer %s failed on %s: %s", scorer.name, video, exc)
         return {"lse_c": NOT_COMPUTED, "lse_d": NOT_COMPUTED, "scorer": scorer.name, "score_note": f"the scorer failed: {exc}"}
     return {"lse_c": float(s.lse_c), "lse_d": float(s.lse_d), "scorer": s.scorer, "score_note": None}
-
-
-# -- the label font -------------------------------------------------------------------------
-
-_FONT_NAMES = (
-    "DejaVuSans.ttf",
-    "DejaVuSans-Bold.ttf",
-    "LiberationSans-Regular.ttf",
-    "NotoSans-Regular.ttf",
-    "FreeSans.ttf",
-    "Arial.ttf",
-    "arial.ttf",
-    "Helvetica.ttc",
-    "Roboto-Regular.ttf",
-)
-FONT_DIRS = (
-    "/usr/share/fonts",
-    "/usr/local/share/fonts",
-    "~/.local/share/fonts",
-    "~/.fonts",
-    "/Library/Fonts",
-    "/System/Library/Fonts",
-    "~/Library/Fonts",
-    "C:/Windows/Fonts",
-)
-_FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
-
-
-def find_font(explicit: str | os.PathLike | None = None, *, search_dirs: Sequence[str | os.PathLike] = FONT_DIRS) -> Path:
-    """A font file for drawtext: *explicit*, ``$LIPSYNC_TOOL_FONT``, a common
-    sans font, else any TrueType/OpenType font in *search_dirs*.
-
-    The file is passed to drawtext as ``fontfile``, so fontconfig's own
-    lookup (and its config) does not matter.
-    """
-    chosen = explicit or os.environ.get(ENV_FONT)
-    if chosen:
-        path = Path(chosen).expanduser()
-        if not path.is_file():
-            raise DependencyError("no such font file", subject=path, hint="Give a .ttf or .otf file with --font.")
-        return path
-    found: list[Path] = []
-    for d in search_dirs:
-        root = Path(d).expanduser()
-        if not root.is_dir():
-            continue
-        for dirpath, _, filenames in os.walk(root):
-            found += [Path(dirpath) / f for f in filenames if f.lower().endswith(_FONT_SUFFIXES)]
-    by_name = {p.name: p for p in sorted(found)}
-    for name in _FONT_NAMES:
-        if name in by_name:
-            return by_name[name]
-    if found:
-        return min(found)
-    raise DependencyError(
-        "no font found for the engine labels of the side-by-side video",
-        subject="font",
-        hint=f"Install one (e.g. apt-get install fonts-dejavu-core), or pass --font FILE.ttf (or set {ENV_FONT}).",
-    )
-
-
-# -- the side-by-side video -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Clip:
-    path: Path
-    label: str
-
-
-def side_by_side_graph(clips: Sequence[Clip], audio: Path, out: Path, *, height: int, fps: float, duration: float, font: Path, crf: int = 18, preset: str = "medium"):
-    """One ffmpeg graph: each clip at *height*, labelled, stacked left to right,
-    with *audio* as AAC.  Pure: returns an ffmpeg-python node."""
-    import ffmpeg as ffm
-
-    from .media import frame_rate
-
-    if not clips:
-        raise ValueError("no clips to put side by side")
-    if height % 2:
-        raise ValueError(f"height {height} must be even")
-    size = max(12, round(height / 18))
-    streams = []
-    for clip in clips:
-        v = ffm.input(str(clip.path)).video
-        v = v.filter("fps", fps=frame_rate(fps))
-        v = v.filter("scale", -2, height, flags="bicubic")
-        v = v.filter("setsar", 1)
-        v = v.filter("format", "yuv420p")
-        v = v.filter(
-            "drawtext",
-            fontfile=str(font),
-            text=clip.label,
-            expansion="none",
-            fontsize=size,
-            fontcolor="white",
-            box=1,
-            boxcolor="black@0.6",
-            boxborderw=max(4, size // 3),
-            x=f"{size}",
-            y=f"{size}",
-        )
-        streams.append(v)
-    video = streams[0] if len(streams) == 1 else ffm.filter(streams, "hstack", inputs=len(streams))
-    sound = ffm.input(str(audio))["a:0"]
-    return ffm.output(
-        video,
-        sound,
-        str(out),
-        vcodec="libx264",
-        pix_fmt="yuv420p",
-        crf=crf,
-        preset=preset,
-        acodec="aac",
-        audio_bitrate="192k",
-        t=f"{duration:.6f}",
-        movflags="+faststart",
-        f="mp4",
-    )
-
-
-def side_by_side_argv(ff_path: str, clips: Sequence[Clip], audio: Path, out: Path, **kwargs: Any) -> list[str]:
-    return [ff_path, "-hide_banner", "-nostdin", "-y", *side_by_side_graph(clips, audio, out, **kwargs).get_args()]
-
-
 
 
 # -- the comparison -------------------------------------------------------------------------
@@ -343,10 +218,10 @@ def compare(
     audio: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    engines: str | Sequence[str] = DEFAULT_ENGINES,
+    engines: str | Sequence[str] | None = None,
     options: dict[str, Any] | None = None,
     font: str | os.PathLike | None = None,
-    scorer: Scorer | None | str = "auto",
+    scorer: Scorer | str | None = "auto",
     observer_for: Callable[[str], Any] | None = None,
 ) -> Comparison:
     """Run every engine on IMAGE and AUDIO and write the comparison into OUT_DIR.
@@ -357,10 +232,11 @@ def compare(
     runs; each file is put in place atomically.  An engine's failure is recorded and the
     others still run; see :attr:`Comparison.exit_code`.
     """
+    from .engines import BUILTIN_ENGINES
     from .pipeline import LipSyncPipeline
 
     image, audio, out_dir = Path(image), Path(audio), Path(out_dir)
-    names = parse_engines(engines)
+    names = parse_engines(engines or BUILTIN_ENGINES)
     per_engine = split_engine_options(names, dict(options or {}))
     for kw in per_engine.values():
         if "report" in kw:
@@ -379,11 +255,9 @@ def compare(
         raise UsageError(f"{the_scorer!r} is not a scorer", subject="scorer")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    results: list[EngineResult] = []
-    for name in names:
-        if observer_for is not None:  # asked for only now, so a display can show one engine at a time
-            pipelines[name].observer = observer_for(name)
-        results.append(_run_engine(pipelines[name], image, audio, out_dir / f"{name}.mp4"))
+    runs = _EngineRuns(pipelines, image, audio, out_dir, observer_for)
+    Scheduler(runs, on_event=runs.on_event).run(names)  # one engine at a time; a failure does not stop the others
+    results = [runs.results[name] for name in names]
     for r in results:
         r.score = score_fields(the_scorer, r.output if r.status == "ok" else None, audio)
 
@@ -435,45 +309,63 @@ def check_outputs(out_dir: Path, targets: Sequence[Target], inputs: Sequence[Pat
             )
 
 
-def _run_engine(pipeline, image: Path, audio: Path, output: Path) -> EngineResult:
+class _EngineRuns(RunWork):
+    """Each engine's run as the scheduler's work (one job per engine), and its :class:`EngineResult`."""
+
+    def __init__(self, pipelines: dict, image: Path, audio: Path, out_dir: Path, observer_for: Callable[[str], Any] | None):
+        self.pipelines, self.image, self.audio, self.out_dir, self.observer_for = pipelines, image, audio, out_dir, observer_for
+        self.results: dict[str, EngineResult] = {}
+        self._t0: dict[str, float] = {}
+
+    def start(self, name: str):
+        return self.pipelines[name].start(self.image, self.audio, self.out_dir / f"{name}.mp4")
+
+    def on_event(self, event: Event) -> None:
+        name, pipeline = event.item, self.pipelines[event.item]
+        if event.kind == "started":
+            if self.observer_for is not None:  # asked for only now, so a display can show one engine at a time
+                pipeline.observer = self.observer_for(name)
+            self.results[name] = _engine_result(pipeline)
+            self._t0[name] = time.monotonic()
+        elif event.kind in ("finished", "failed"):
+            self.results[name].wall_s = time.monotonic() - self._t0[name]
+            _settle(self.results[name], event, pipeline.last_failure)
+
+
+def _engine_result(pipeline) -> EngineResult:
+    """An engine's result before it runs: failed until it succeeds."""
     engine = pipeline.engine
-    report_path = Path(pipeline.options.report)
-    result = EngineResult(engine.name, engine.display_name, "failed", report_path=report_path)
+    result = EngineResult(engine.name, engine.display_name, "failed", report_path=Path(pipeline.options.report))
     result.options = pipeline.engine_options.resolved().model_dump(mode="json", exclude_none=True)
     try:
         result.repo = pipeline.resources.registry.repo.url
         result.commit = pipeline.resources.registry.repo.commit
     except LipsyncError as exc:
         log.debug("no registry for %s: %s", engine.name, exc)
-    started = time.monotonic()
-    try:
-        run = pipeline.run(image, audio, output)
-    except (Interrupted, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # one engine failing must not stop the others
-        log.warning("%s failed: %s", engine.display_name, exc)
-        log.debug("%s failed", engine.name, exc_info=True)
-        result.wall_s = time.monotonic() - started
-        result.error = {"type": type(exc).__name__, "message": getattr(exc, "message", str(exc)), "hint": getattr(exc, "hint", None)}
-        temp = getattr(exc, "temp_dir", None)
-        result.error["temp_dir"] = str(temp) if temp else None
-        report = getattr(exc, "report", None)
-        if report:
-            result.audio_duration = ((report.get("inputs") or {}).get("audio_info") or {}).get("duration")
-            result.timings = dict(report.get("timings") or {})
-            result.commit = (report.get("engine") or {}).get("commit") or result.commit
-        else:
-            result.report_path = None
-        return result
-    result.wall_s = time.monotonic() - started
-    result.status = "ok"
-    result.output = run.output
-    result.timings = dict(run.report.get("timings") or {})
-    result.audio_duration = ((run.report.get("inputs") or {}).get("audio_info") or {}).get("duration")
-    result.commit = run.report["engine"].get("commit") or result.commit
-    result.repo = run.report["engine"].get("repo") or result.repo
-    result.media = run.report["output"].get("media")
     return result
+
+
+def _settle(result: EngineResult, event: Event, failure) -> None:
+    """An engine's run ended: its output, or its error and how its run ended
+    (*failure*: a ``RunFailure``); one engine failing does not stop the others."""
+    exc = event.error
+    failure = failure if failure is not None and failure.error is exc else None
+    report = event.result.report if event.kind == "finished" else (failure.report if failure else None)
+    if report:
+        result.audio_duration = ((report.get("inputs") or {}).get("audio_info") or {}).get("duration")
+        result.timings = dict(report.get("timings") or {})
+        result.commit = (report.get("engine") or {}).get("commit") or result.commit
+    if event.kind == "finished":
+        result.status, result.output = "ok", event.result.output
+        result.repo = report["engine"].get("repo") or result.repo
+        result.media = report["output"].get("media")
+        return
+    log.warning("%s failed: %s", result.display_name, exc)
+    log.debug("%s failed", result.engine, exc_info=exc)
+    result.error = error_dict(exc)
+    result.error["temp_dir"] = str(failure.temp_dir) if failure and failure.temp_dir else None
+    if not report:
+        result.report_path = None
 
 
 def _side_by_side(results: list[EngineResult], audio: Path, out: Path, font: Path, common: RunOptions):
@@ -497,7 +389,7 @@ def _side_by_side(results: list[EngineResult], audio: Path, out: Path, font: Pat
         publish_file(tmp, out, overwrite=common.overwrite)
     except LipsyncError as exc:
         log.warning("the side-by-side video failed: %s", exc)
-        return None, None, {"type": type(exc).__name__, "message": exc.message}
+        return None, None, error_dict(exc)
     finally:
         tmp.unlink(missing_ok=True)
     info.path = str(out)
@@ -576,6 +468,7 @@ def comparison_markdown(data: dict[str, Any]) -> str:
 
 
 __all__ = [
+    "ENV_FONT",
     "NOT_COMPUTED",
     "Clip",
     "Comparison",

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from . import naming
 from .constants import ENV_CACHE, ENV_DEBUG, ENV_FFMPEG, ENV_OFFLINE, ENV_REGISTRY, OUTPUT_EXTENSIONS, X264_PRESETS, env_flag
 
-__all__ = ["ENV_FFMPEG", "OUTPUT_EXTENSIONS", "RunOptions", "Settings", "UpscaleOptions", "X264_PRESETS", "parse_canvas"]
+__all__ = ["ENV_FFMPEG", "OUTPUT_EXTENSIONS", "X264_PRESETS", "RunOptions", "Settings", "UpscaleOptions", "parse_canvas"]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _CANVAS_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
@@ -74,7 +74,6 @@ class RunOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     engine: str
-    resolution: Literal[256, 512] = 256
     fps: float = Field(25.0, gt=0, le=120)
     target_height: int = Field(1080, ge=64, le=4320)
     canvas: tuple[int, int] | None = None

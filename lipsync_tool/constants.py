@@ -20,8 +20,7 @@ def env_flag(name: str) -> bool:
 #: What each common run option means: the CLI's help and the Python API's
 #: ``LipSyncPipeline.options()`` read this one table.
 OPTION_HELP = {
-    "engine": "sadtalker or wav2lip (or an installed plug-in).",
-    "resolution": "SadTalker's face size, 256 or 512 (Wav2Lip ignores it). (default: 256)",
+    "engine": "sadtalker or wav2lip (or an installed plug-in). (default: sadtalker)",
     "device": "auto, cpu, cuda or cuda:N. auto uses CUDA when torch sees a GPU. (default: auto)",
     "fps": "Frame rate of the output. (default: 25, or the face video's)",
     "seed": "Seed for Python, numpy and torch in the engine (recorded in the report).",

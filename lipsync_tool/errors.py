@@ -1,7 +1,7 @@
 """The error tree of lipsync-tool.
 
-Library code raises these; only ``cli.py`` turns them into messages and exit
-codes (one table, ``cli.EXIT_CODES``).  Every error can carry a ``hint`` that
+Library code raises these; only the CLI turns them into messages and exit
+codes, reading each error's ``category`` and ``exit_code`` (see :data:`CATEGORIES`).  Every error can carry a ``hint`` that
 tells the user what to do next, and ``subject`` names the file or option that
 the problem is about, so the CLI can print ``Error: <subject>: <problem>``.
 """
@@ -9,23 +9,35 @@ the problem is about, so the CLI can print ``Error: <subject>: <problem>``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
+
+#: Who has to act, and so how a front end reports it.  The CLI's exit code and
+#: (later) the HTTP status are read from the error's class, never from a table
+#: of types: ``input`` (the user's files or options; exit 2), ``environment``
+#: (this machine, network, cache or dependencies; exit 1, or 2 where the user
+#: chose it, as with --offline), ``engine`` (the upstream run or ffmpeg
+#: failed; exit 1) and ``interrupted`` (Ctrl-C or SIGTERM; exit 130).
+CATEGORIES = ("input", "environment", "engine", "interrupted")
 
 
 class LipsyncError(Exception):
     """Base class of every error lipsync-tool raises on purpose."""
+
+    category: ClassVar[str] = "engine"
+    exit_code: ClassVar[int] = 1
 
     def __init__(self, message: str, *, subject: str | Path | None = None, hint: str | None = None):
         super().__init__(message)
         self.message = message
         self.subject = str(subject) if subject is not None else None
         self.hint = hint
-        #: The run's temp dir, kept for debugging, when the failure left one.
-        self.temp_dir: Path | None = None
-        #: The run report at the time of the failure (set by the pipeline).
-        self.report: dict | None = None
 
     def __str__(self) -> str:
         return f"{self.subject}: {self.message}" if self.subject else self.message
+
+    def to_dict(self) -> dict[str, str | None]:
+        """The error as a report entry (run reports, batch and compare results)."""
+        return {"type": type(self).__name__, "message": self.message, "subject": self.subject, "hint": self.hint}
 
 
 # -- the user's side: bad usage, bad input (exit 2) ---------------------------------------
@@ -34,6 +46,9 @@ class LipsyncError(Exception):
 class UsageError(LipsyncError):
     """An option or a combination of options that cannot work."""
 
+    category: ClassVar[str] = "input"
+    exit_code: ClassVar[int] = 2
+
 
 class RegistryFileError(UsageError):
     """A registry override file that is malformed or names something unknown."""
@@ -41,6 +56,9 @@ class RegistryFileError(UsageError):
 
 class InputError(LipsyncError):
     """An input file that is missing, unreadable, or unsuitable."""
+
+    category: ClassVar[str] = "input"
+    exit_code: ClassVar[int] = 2
 
 
 class FaceNotFoundError(InputError):
@@ -53,6 +71,9 @@ class OutputPathError(InputError):
 
 class OfflineError(LipsyncError):
     """Offline mode, and something that must be downloaded is missing."""
+
+    category: ClassVar[str] = "environment"
+    exit_code: ClassVar[int] = 2
 
     def __init__(self, missing: list[str], *, hint: str | None = None):
         listing = "\n".join(f"  - {m}" for m in missing)
@@ -70,9 +91,15 @@ class DeviceError(UsageError):
 class RunError(LipsyncError):
     """Something failed while running (an engine, a download, ffmpeg)."""
 
+    category: ClassVar[str] = "engine"
+    exit_code: ClassVar[int] = 1
+
 
 class DependencyError(RunError):
     """A required program or Python package is missing."""
+
+    category: ClassVar[str] = "environment"
+    exit_code: ClassVar[int] = 1
 
 
 class FFmpegError(RunError):
@@ -87,6 +114,9 @@ class FFmpegError(RunError):
 
 class ResourceError(RunError):
     """The engine's repository or checkpoints could not be made ready."""
+
+    category: ClassVar[str] = "environment"
+    exit_code: ClassVar[int] = 1
 
 
 class RepoError(ResourceError):
@@ -134,6 +164,9 @@ class EngineOOMError(EngineError):
 class Interrupted(LipsyncError):
     """The run was interrupted (Ctrl-C or SIGTERM)."""
 
+    category: ClassVar[str] = "interrupted"
+    exit_code: ClassVar[int] = 130
+
 
 class NetworkUnavailableError(DownloadError):
     """Every mirror failed because no host name could be resolved: there seems to be no network."""
@@ -144,3 +177,11 @@ class NetworkUnavailableError(DownloadError):
         names = ", ".join(self.hosts) or "the mirrors' hosts"
         self.message = f"could not download: there seems to be no network (could not resolve {names}; tried {len(attempts)} mirror(s), each once)"
         self.args = (self.message,)
+
+
+def error_dict(exc: BaseException) -> dict[str, str | None]:
+    """Any exception as a report entry: a :class:`LipsyncError`'s
+    :meth:`~LipsyncError.to_dict`, else its type and message."""
+    if isinstance(exc, LipsyncError):
+        return exc.to_dict()
+    return {"type": type(exc).__name__, "message": str(exc)}

@@ -36,7 +36,10 @@ def check_hls_dir(directory: Path, *, overwrite: bool, inputs: tuple[Path, ...] 
     check_targets([hls_target(directory)], inputs, overwrite=overwrite)
 
 
-class HlsOutput:
+class HlsPlaylist:
+    """The playlist and segments in the --hls folder (the run's writer is
+    :class:`lipsync_tool.outputs.HlsOutput`)."""
+
     def __init__(self, ff: FFmpeg, directory: Path, segment_seconds: float, *, overwrite: bool):
         check_hls_dir(directory, overwrite=overwrite)
         self.ff = ff

@@ -130,6 +130,39 @@ def tied_to_parent(argv: Sequence[str]) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", _TIE_TO_PARENT, str(os.getpid()), *argv]
 
 
+def _pump(proc: subprocess.Popen, logfile, log_path: Path, on_line: Callable[[str], None] | None) -> None:
+    """Copy *proc*'s output to *logfile* and, line by line, to *on_line*.
+    Whatever happens here, keep draining the pipe: a child blocked on a full
+    pipe would hang until the timeout."""
+    assert proc.stdout is not None
+    rest = b""
+    writing, calling = True, on_line is not None
+    while True:
+        chunk = proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(65536)
+        if not chunk:
+            break
+        if writing:
+            try:
+                logfile.write(chunk)
+                logfile.flush()
+            except (OSError, ValueError) as exc:  # a full disk, or the log closed: the run goes on, the log stops
+                log.warning("cannot write %s any more: %s", log_path, exc)
+                writing = False
+        if calling:
+            lines, rest = _split_lines(rest + chunk)
+            try:
+                for line in lines:
+                    on_line(line)  # type: ignore[misc]
+            except Exception:  # a progress callback must not stop the drain (logged)
+                log.exception("the engine output callback failed; output goes to the log only")
+                calling = False
+    if rest and calling:
+        try:
+            on_line(rest.decode("utf-8", "replace"))  # type: ignore[misc]
+        except Exception:  # noqa: BLE001
+            pass
+
+
 def run_logged(
     argv: Sequence[str],
     *,
@@ -144,39 +177,7 @@ def run_logged(
     with open(log_path, "ab") as logfile:
         proc = spawn(argv, cwd=str(cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         log.debug("started pid %d: %s", proc.pid, list(argv))
-
-        def pump() -> None:
-            # Whatever happens here, keep draining the pipe: a child blocked on
-            # a full pipe would hang until the timeout.
-            assert proc.stdout is not None
-            rest = b""
-            writing, calling = True, on_line is not None
-            while True:
-                chunk = proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(65536)
-                if not chunk:
-                    break
-                if writing:
-                    try:
-                        logfile.write(chunk)
-                        logfile.flush()
-                    except (OSError, ValueError) as exc:  # a full disk, or the log closed: the run goes on, the log stops
-                        log.warning("cannot write %s any more: %s", log_path, exc)
-                        writing = False
-                if calling:
-                    lines, rest = _split_lines(rest + chunk)
-                    try:
-                        for line in lines:
-                            on_line(line)  # type: ignore[misc]
-                    except Exception:  # noqa: BLE001 - a progress callback must not stop the drain
-                        log.exception("the engine output callback failed; output goes to the log only")
-                        calling = False
-            if rest and calling:
-                try:
-                    on_line(rest.decode("utf-8", "replace"))  # type: ignore[misc]
-                except Exception:  # noqa: BLE001
-                    pass
-
-        reader = threading.Thread(target=pump, name="engine-log", daemon=True)
+        reader = threading.Thread(target=_pump, args=(proc, logfile, log_path, on_line), name="engine-log", daemon=True)
         reader.start()
         try:
             try:

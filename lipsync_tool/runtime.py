@@ -327,7 +327,7 @@ print(json.dumps(out))
 """
 
 
-def requirement_state(python: str, requirements: list[str]) -> dict[str, str | None | Literal[False]]:
+def requirement_state(python: str, requirements: list[str]) -> dict[str, str | Literal[False] | None]:
     """Each requirement → the installed version that satisfies it, ``False``
     (installed, but another version) or ``None`` (not installed)."""
     try:

@@ -46,6 +46,46 @@ def create_workspace(base: Path | None = None) -> Workspace:
     return ws
 
 
+class TempWorkspace:
+    """A run's :class:`Workspace` and the one decision about its files: kept
+    (``--keep-temp``, or a failure worth debugging) or deleted when the run ends."""
+
+    def __init__(self, ws: Workspace, *, keep: bool):
+        self.ws = ws
+        #: --keep-temp: the files stay whatever happens.
+        self.keep = keep
+
+    @classmethod
+    def create(cls, *, keep: bool, base: Path | None = None) -> TempWorkspace:
+        return cls(create_workspace(base), keep=keep)
+
+    @property
+    def root(self) -> Path:
+        return self.ws.root
+
+    @property
+    def kept_dir(self) -> Path | None:
+        """Where the files stay after a successful run (None: they are deleted)."""
+        return self.root if self.keep else None
+
+    def keep_copy(self, src: Path, name: str) -> None:
+        """Copy *src* (files that live elsewhere, e.g. the chunks) in as *name*, when the files are kept."""
+        if self.keep:
+            shutil.copytree(src, self.root / name, dirs_exist_ok=True)
+
+    def close(self, *, debug: bool = False) -> Path | None:
+        """End of the run: delete the files unless they are kept (*debug*: the
+        run failed where its files help to find out why).  Returns the kept dir."""
+        if self.keep or debug:
+            return self.root
+        shutil.rmtree(self.root, ignore_errors=True)
+        return None
+
+    def kept_files(self) -> list[str]:
+        """What the kept dir holds (empty when the files are deleted)."""
+        return listing(self.root) if self.keep else []
+
+
 def build_link_farm(repo: Path, work: Path, entry_script: str, links: dict[str, Path]) -> int:
     """Mirror *repo* into *work* with symlinks; returns the number of links."""
     count = 0
@@ -88,7 +128,7 @@ def listing(root: Path, limit: int = 200) -> list[str]:
         rel = p.relative_to(root)
         if rel.parts and rel.parts[0] == "work" and p.is_symlink():
             continue
-        if rel.parts and rel.parts[0] == "bin" or "__pycache__" in rel.parts:
+        if (rel.parts and rel.parts[0] == "bin") or "__pycache__" in rel.parts:
             continue
         if p.is_file():
             out.append(f"{rel} ({p.stat().st_size:,} bytes)")

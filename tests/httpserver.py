@@ -37,7 +37,7 @@ class LoopbackServer:
             def log_message(self, *args):  # quiet
                 pass
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 route = server.routes.get(self.path)
                 rng = self.headers.get("Range")
                 if route is None:

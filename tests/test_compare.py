@@ -55,8 +55,9 @@ def trace(tmp_path, monkeypatch) -> Path:
 
 def frame(ff, video: Path, dest: Path):
     """The first frame of *video* as a PIL image."""
-    from conftest import run_ffmpeg
     from PIL import Image
+
+    from conftest import run_ffmpeg
 
     run_ffmpeg(ff, "-i", str(video), "-frames:v", "1", str(dest))
     return Image.open(dest).convert("L")

@@ -93,8 +93,10 @@ def test_compat_libraries_are_installed():
 
 
 def test_site_files_are_standalone():
-    """Neither file imports lipsync_tool: the engine's interpreter may not have it."""
-    for f in (SITE_DIR / "sitecustomize.py", SHIMS_FILE):
+    """No file there imports lipsync_tool: the engine's interpreter may not have it."""
+    files = sorted(SITE_DIR.glob("*.py"))
+    assert SITE_DIR / "sitecustomize.py" in files and SHIMS_FILE in files
+    for f in files:
         tree = ast.parse(f.read_text())
         for node in ast.walk(tree):
             names = []
@@ -132,6 +134,25 @@ def test_install_is_idempotent():
         )
     )
     assert out == 1
+
+
+def test_install_works_when_loaded_by_path():
+    """sitecustomize's fallback: the site dir is not on sys.path, so the hook module is found beside the file."""
+    out = result_of(
+        run_py(
+            f"""
+            import importlib.util, json, sys
+            assert {str(SITE_DIR)!r} not in sys.path
+            spec = importlib.util.spec_from_file_location("lipsync_shims", {str(SHIMS_FILE)!r})
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            mod.install()
+            print(json.dumps([type(f).__name__ for f in sys.meta_path][:1]))
+            """,
+            shims=False,
+        )
+    )
+    assert out == ["PostImportFinder"]
 
 
 def test_chains_to_the_sitecustomize_it_shadows(tmp_path):

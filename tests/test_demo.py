@@ -8,8 +8,8 @@ from importlib.resources import as_file, files
 from pathlib import Path
 
 import pytest
-from conftest import DATA
 
+from conftest import DATA
 from lipsync_tool.media import probe
 
 FAST = ("--x264-preset", "ultrafast")

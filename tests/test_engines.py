@@ -30,9 +30,9 @@ def ws(tmp_path) -> Workspace:
     return Workspace(root)
 
 
-def job(ws: Workspace, *, device: Device = CPU, fps: float = 25.0, resolution: int = 256, video: bool = False) -> Job:
+def job(ws: Workspace, *, device: Device = CPU, fps: float = 25.0, video: bool = False) -> Job:
     face = ws.inputs / ("face.mp4" if video else "face.png")
-    return Job(face=face, audio=ws.inputs / "audio.wav", face_is_video=video, fps=fps, resolution=resolution, device=device, python="/py/bin/python")
+    return Job(face=face, audio=ws.inputs / "audio.wav", face_is_video=video, fps=fps, device=device, python="/py/bin/python")
 
 
 # -- Wav2Lip: argv ------------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def test_wav2lip_bad_values(bad):
 
 def test_wav2lip_required_checkpoints():
     e = Wav2Lip()
-    names = lambda **o: [c.name for c in e.required_checkpoints(Wav2LipOptions(**o), 256)]
+    names = lambda **o: [c.name for c in e.required_checkpoints(Wav2LipOptions(**o))]
     assert names() == ["wav2lip_gan.pth", "s3fd.pth"]
     assert names(wav2lip_checkpoint="wav2lip") == ["wav2lip.pth", "s3fd.pth"]
     assert names(wav2lip_box=(1, 2, 3, 4)) == ["wav2lip_gan.pth"]  # --box skips the detector
@@ -178,8 +178,8 @@ def test_wav2lip_find_output(ws):
 # -- SadTalker: argv and presets ------------------------------------------------------------------------
 
 
-def st_argv(ws, device=CPU, resolution=256, **opts) -> list[str]:
-    cmd = SadTalker().build_command(job(ws, device=device, resolution=resolution), SadTalkerOptions(**opts), ws)
+def st_argv(ws, device=CPU, **opts) -> list[str]:
+    cmd = SadTalker().build_command(job(ws, device=device), SadTalkerOptions(**opts), ws)
     assert cmd.cwd == ws.work
     return cmd.argv
 
@@ -235,6 +235,7 @@ def test_sadtalker_reference_videos_are_staged_inputs(ws, tmp_path):
 
 def test_sadtalker_resolution_is_size(ws):
     assert st_argv(ws, device=GPU, resolution=512) == st_base(ws, size="512") + ["--still"]
+    assert st_argv(ws, device=GPU, resolution=256, preset="fullbody") == st_base(ws, preprocess="full") + ["--still"]
 
 
 #: What each preset must produce, with the tool's defaults for the rest.
@@ -280,7 +281,7 @@ def test_sadtalker_device(ws, device, env, cpu_flag):
 
 def test_sadtalker_required_checkpoints(tmp_path):
     e = SadTalker()
-    names = lambda res=256, **o: [c.name for c in e.required_checkpoints(SadTalkerOptions(**o), res)]
+    names = lambda res=256, **o: [c.name for c in e.required_checkpoints(SadTalkerOptions(resolution=res, **o))]
     face = ["alignment_WFLW_4HG.pth", "detection_Resnet50_Final.pth"]
     assert names() == ["SadTalker_V0.0.2_256.safetensors", "mapping_00229-model.pth.tar", *face]
     assert names(512, preprocess="full") == ["SadTalker_V0.0.2_512.safetensors", "mapping_00109-model.pth.tar", *face]
@@ -440,7 +441,7 @@ def test_working_dir_layout(tmp_path, engine, repo_files, options):
     store = tmp_path / "store"
     store.mkdir()
     links = {}
-    for spec in engine.required_checkpoints(options, 256):
+    for spec in engine.required_checkpoints(options):
         f = store / spec.name
         f.write_bytes(b"w")
         links[spec.dest] = f

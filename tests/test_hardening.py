@@ -190,8 +190,9 @@ def _help(*args: str, columns: int) -> str:
 
 
 def _flags(command: str) -> set[str]:
-    from lipsync_tool.cli import build_app
     from typer.main import get_command
+
+    from lipsync_tool.cli import build_app
 
     group = get_command(build_app())
     cmd = group.commands[command]  # type: ignore[attr-defined]

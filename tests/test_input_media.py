@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PORTRAIT, run_ffmpeg
 from PIL import Image, UnidentifiedImageError
 
+from conftest import PORTRAIT, run_ffmpeg
 from lipsync_tool.media import FaceBox, count_faces, find_faces, several_faces_message, stage_audio, stage_face
 
 FAST = ("--no-upscale",)

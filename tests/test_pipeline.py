@@ -375,7 +375,7 @@ def test_engine_ffmpeg_shim_rewrites_only_the_final_mux(tmp_path, ff):
     echo.write_text("#!/bin/sh\necho \"$@\"\n")
     echo.chmod(0o755)
     shim.write_text(shim.read_text().replace(repr(ff.path), repr(str(echo))))
-    run = lambda *a: subprocess.run([str(shim), *a], capture_output=True, text=True, env={**os.environ, **env}).stdout.strip()  # noqa: E731
+    run = lambda *a: subprocess.run([str(shim), *a], capture_output=True, text=True, env={**os.environ, **env}).stdout.strip()
     assert run("-y", "-i", "a.wav", "-i", "temp/result.avi", "-strict", "-2", "-q:v", "1", "results/out.mp4") == "-y -i a.wav -i temp/result.avi -strict -2 -c:v copy results/out.mp4"
     assert run("-y", "-i", "x.mp3", "-strict", "-2", "temp/temp.wav") == "-y -i x.mp3 -strict -2 temp/temp.wav"
     assert run("-i", "a", "-c:v", "libx264", "results/out.mp4") == "-i a -c:v libx264 results/out.mp4"

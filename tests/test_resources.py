@@ -451,14 +451,14 @@ def test_only_what_the_options_need_is_required():
     from lipsync_tool.engines import get_engine, make_options
 
     st = get_engine("sadtalker")
-    names = lambda o, r=256: sorted(c.name for c in st.required_checkpoints(make_options(st, o), r))  # noqa: E731
+    names = lambda o, r=256: sorted(c.name for c in st.required_checkpoints(make_options(st, {**o, "resolution": r})))
     assert names({}) == ["SadTalker_V0.0.2_256.safetensors", "alignment_WFLW_4HG.pth", "detection_Resnet50_Final.pth", "mapping_00229-model.pth.tar"]
     assert "SadTalker_V0.0.2_512.safetensors" in names({}, 512) and "SadTalker_V0.0.2_256.safetensors" not in names({}, 512)
     assert "mapping_00109-model.pth.tar" in names({"preprocess": "full"}) and "mapping_00229-model.pth.tar" not in names({"preprocess": "extfull"})
     assert {"GFPGANv1.4.pth", "parsing_parsenet.pth"} <= set(names({"enhancer": "gfpgan"}))
     assert "GFPGANv1.4.pth" not in names({})
     w2l = get_engine("wav2lip")
-    wn = lambda o: sorted(c.name for c in w2l.required_checkpoints(make_options(w2l, o), 256))  # noqa: E731
+    wn = lambda o: sorted(c.name for c in w2l.required_checkpoints(make_options(w2l, o)))
     assert wn({}) == ["s3fd.pth", "wav2lip_gan.pth"]
     assert wn({"wav2lip_checkpoint": "wav2lip"}) == ["s3fd.pth", "wav2lip.pth"]
     assert wn({"wav2lip_box": (1, 2, 30, 40)}) == ["wav2lip_gan.pth"]
@@ -496,8 +496,8 @@ def test_clone_tree_is_never_written_by_a_run(fake_engine, cli, media, tmp_path)
 
 
 def test_offline_error_type_lists_missing(tmp_path):
-    from lipsync_tool.resources.managers import Wav2LipResources
     from lipsync_tool.engines import get_engine, make_options
+    from lipsync_tool.resources.managers import Wav2LipResources
 
     res = Wav2LipResources(tmp_path / "c", offline=True)
     with pytest.raises(OfflineError) as info:

@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PORTRAIT, cli_subprocess, run_ffmpeg
 
+from conftest import PORTRAIT, cli_subprocess, run_ffmpeg
 from lipsync_tool.media import probe
 
 pytestmark = [pytest.mark.upstream, pytest.mark.slow, pytest.mark.timeout(1800)]

@@ -12,11 +12,18 @@ from typing import Any
 
 from .. import naming
 from ..errors import UsageError
-from .base import Engine, EngineOptions
+from .base import Engine, EngineOptions, OptionMeta, option_meta
+
+_FACE_INPUTS = ("image", "video", "either")
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "lipsync_tool.engines"
+
+#: The engine a run uses when none is named.
+DEFAULT_ENGINE = "sadtalker"
+#: The engines that ship with the tool (what ``compare`` runs by default).
+BUILTIN_ENGINES = ("sadtalker", "wav2lip")
 
 _ENGINES: dict[str, type[Engine]] = {}
 _loaded = False
@@ -25,6 +32,10 @@ _loaded = False
 def register(engine_cls: type[Engine], *, replace: bool = False) -> type[Engine]:
     """Add an engine class to the registry (usable as a decorator)."""
     name = engine_cls.name
+    if engine_cls.face_input not in _FACE_INPUTS:
+        raise ValueError(f"engine {name!r}: face_input must be one of {', '.join(_FACE_INPUTS)}, not {engine_cls.face_input!r}")
+    if not (engine_cls.entry_module or engine_cls.entry_script):
+        raise ValueError(f"engine {name!r} sets neither entry_script nor entry_module")
     if name in _ENGINES and _ENGINES[name] is not engine_cls and not replace:
         raise ValueError(f"an engine named {name!r} is already registered")
     _ENGINES[name] = engine_cls
@@ -51,7 +62,7 @@ def _load() -> None:
         try:
             cls = ep.load()
             register(cls)
-        except Exception as exc:  # a broken plug-in must not break the tool
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not break the tool
             log.warning("engine plug-in %s could not be loaded: %s", ep.value, exc)
 
 
@@ -77,6 +88,11 @@ def get_engine(name: str) -> Engine:
         ) from None
 
 
+def engines_accepting(*, video: bool) -> list[str]:
+    """The engines that take a face video (*video*) or a still image."""
+    return [n for n, cls in engine_classes().items() if cls.face_input in (("video", "either") if video else ("image", "either"))]
+
+
 def option_owner(field: str) -> list[str]:
     """The engines whose options model has *field*."""
     return [n for n, cls in engine_classes().items() if field in cls.Options.model_fields]
@@ -89,13 +105,20 @@ def option_label(field: str) -> str:
     return naming.option(field, flag_of(field))
 
 
-def flag_of(field: str) -> str:
-    """The CLI spelling of an option field."""
+def meta_of(field: str) -> OptionMeta | None:
+    """The CLI metadata of an engine option field (the first engine's that has it)."""
     for cls in engine_classes().values():
         info = cls.Options.model_fields.get(field)
-        if info is not None and isinstance(info.json_schema_extra, dict):
-            return info.json_schema_extra["cli"]["flag"].split("/")[0]
-    return "--" + field.replace("_", "-")
+        meta = option_meta(info) if info is not None else None
+        if meta is not None:
+            return meta
+    return None
+
+
+def flag_of(field: str) -> str:
+    """The CLI spelling of an option field."""
+    meta = meta_of(field)
+    return meta.name if meta is not None else "--" + field.replace("_", "-")
 
 
 def make_options(engine: Engine, values: dict[str, Any]) -> EngineOptions:
@@ -103,9 +126,14 @@ def make_options(engine: Engine, values: dict[str, Any]) -> EngineOptions:
     from pydantic import ValidationError
 
     own = engine.Options.model_fields
+    ignored = []
     for key in values:
         if key not in own:
             owners = option_owner(key)
+            if owners and all(_elsewhere(name, key) == "warn" for name in owners):
+                _check_ignored(owners[0], key, values[key])
+                ignored.append(key)
+                continue
             if owners:
                 raise UsageError(
                     f"this option belongs to the {' and '.join(owners)} engine, not to {engine.name}",
@@ -114,9 +142,26 @@ def make_options(engine: Engine, values: dict[str, Any]) -> EngineOptions:
                 )
             raise UsageError(f"unknown option for engine {engine.name}", subject=key, hint=f"See {'lipsync-tool run --help' if naming.cli_names() else 'LipSyncPipeline.options()'} for the options.")
     try:
-        return engine.Options(**values)
+        options = engine.Options(**{k: v for k, v in values.items() if k not in ignored})
     except ValidationError as exc:
         raise validation_to_usage(exc) from None
+    options._ignored = tuple(ignored)
+    return options
+
+
+def _check_ignored(owner: str, field: str, value: Any) -> None:
+    """An option this engine ignores must still be a valid value for its owner."""
+    from pydantic import ValidationError
+
+    try:
+        engine_classes()[owner].Options(**{field: value})
+    except ValidationError as exc:
+        raise validation_to_usage(exc) from None
+
+
+def _elsewhere(engine: str, field: str) -> str:
+    meta = option_meta(engine_classes()[engine].Options.model_fields[field])
+    return meta.elsewhere if meta is not None else "reject"
 
 
 def validation_to_usage(exc: Any) -> UsageError:
@@ -140,12 +185,19 @@ def validation_to_usage(exc: Any) -> UsageError:
 
 
 __all__ = [
+    "BUILTIN_ENGINES",
+    "DEFAULT_ENGINE",
     "Engine",
     "EngineOptions",
+    "OptionMeta",
     "available_engines",
     "engine_classes",
+    "engines_accepting",
+    "flag_of",
     "get_engine",
     "make_options",
+    "meta_of",
+    "option_meta",
     "register",
     "unregister",
 ]

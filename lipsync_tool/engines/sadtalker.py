@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from ..errors import EngineOOMError, FaceNotFoundError, InputError, LipsyncError, UsageError
-from .base import CheckpointSpec, Command, Engine, EngineOptions, Job, RepoSpec, Workspace, field_cli, format_number, is_cuda_oom, tail_lines
+from .base import CheckpointSpec, Command, Device, Engine, EngineOptions, Job, RepoSpec, Workspace, field_cli, format_number, is_cuda_oom, tail_lines
 from .compat import is_cpu_oom, translate_common
 
 PANEL = "SadTalker options"
@@ -180,6 +180,7 @@ DEFAULTS: dict[str, Any] = {
     "still": True,
     "pose_style": 0,
     "sadtalker_batch_size": 2,
+    "resolution": 256,
 }
 
 FACE_HINT = "Try --preprocess full or resize, crop the image closer to a frontal face, or use a sharper, larger portrait."
@@ -204,6 +205,10 @@ def _degrees(v: Any) -> tuple[int, ...] | None:
 
 
 class SadTalkerOptions(EngineOptions):
+    # Once an option of every engine: the others still take it, and warn that they ignore it.
+    resolution: Literal[256, 512] | None = Field(
+        None, json_schema_extra=field_cli("--resolution", help="Face size, 256 or 512. (default: 256)", elsewhere="warn")
+    )
     preset: Literal["default", "natural", "expressive", "professional", "fullbody"] | None = Field(
         None, json_schema_extra=field_cli("--preset", help="A named set of SadTalker options; explicit options override it.")
     )
@@ -277,7 +282,6 @@ class SadTalker(Engine):
     )
     checkpoints = CHECKPOINTS
     licence_notice = LICENCE
-    uses_resolution = True
     #: A popular SadTalker front end renders long audio in 45 s pieces to avoid drift and OOM.
     default_chunk_seconds = 45.0
     #: basicsr, facexlib, gfpgan and realesrgan go last, without build isolation
@@ -302,9 +306,9 @@ class SadTalker(Engine):
         (("--no-build-isolation", "--no-deps"), ("basicsr>=1.4.2", "facexlib>=0.3.0", "gfpgan>=1.3.8", "realesrgan>=0.3.0")),
     )  # fmt: skip
 
-    def required_checkpoints(self, options: EngineOptions, resolution: int) -> list[CheckpointSpec]:
+    def required_checkpoints(self, options: EngineOptions) -> list[CheckpointSpec]:
         o = _resolved(options)
-        names = [f"SadTalker_V0.0.2_{resolution}.safetensors"]
+        names = [f"SadTalker_V0.0.2_{o.resolution}.safetensors"]
         names.append("mapping_00109-model.pth.tar" if "full" in (o.preprocess or "") else "mapping_00229-model.pth.tar")
         names += ["alignment_WFLW_4HG.pth", "detection_Resnet50_Final.pth"]
         if o.enhancer:
@@ -345,13 +349,12 @@ class SadTalker(Engine):
     def build_command(self, job: Job, options: EngineOptions, ws: Workspace) -> Command:
         o = _resolved(options)
         argv = [
-            job.python,
-            "inference.py",
+            *self.entry_argv(job.python),
             "--driven_audio", ws.engine_path(job.audio),
             "--source_image", ws.engine_path(job.face),
             "--checkpoint_dir", "checkpoints",
             "--result_dir", "results",
-            "--size", str(job.resolution),
+            "--size", str(o.resolution),
             "--preprocess", str(o.preprocess),
             "--expression_scale", format_number(o.expression_scale or 1.0),
             "--pose_style", str(o.pose_style),
@@ -372,6 +375,12 @@ class SadTalker(Engine):
         if job.device.kind == "cpu":
             argv.append("--cpu")
         return Command(argv=argv, cwd=ws.work, env=job.device.env())
+
+    def run_warnings(self, options: EngineOptions, device: Device) -> list[str]:
+        warnings = super().run_warnings(options, device)
+        if device.kind == "cpu" and _resolved(options).background_enhancer:
+            warnings.append("--background-enhancer runs on a GPU only; upstream skips it on the CPU")
+        return warnings
 
     def staged_refs(self, options: EngineOptions) -> dict[str, Path]:
         """Reference videos to stage into inputs/ (name → source)."""

@@ -186,7 +186,7 @@ class Wav2Lip(Engine):
     repo = RepoSpec(url="https://github.com/Rudrabha/Wav2Lip.git", commit="5c90fa9b4a2c2a37d0b4ebf7633ac41534eb9941")
     checkpoints = CHECKPOINTS
     licence_notice = LICENCE
-    supports_video_face = True
+    face_input = "either"
     native_fps = True
     # Upstream muxes temp/result.avi with the audio by re-encoding it; a stream copy does.
     ffmpeg_copy_video_to = "results/result.mp4"
@@ -195,7 +195,7 @@ class Wav2Lip(Engine):
         ((), ("numpy>=1.24", "scipy", "opencv-python-headless>=4.6", "librosa>=0.10", "tqdm", "numba")),
     )
 
-    def required_checkpoints(self, options: EngineOptions, resolution: int) -> list[CheckpointSpec]:
+    def required_checkpoints(self, options: EngineOptions) -> list[CheckpointSpec]:
         assert isinstance(options, Wav2LipOptions)
         needed = []
         if options.checkpoint_name:
@@ -239,8 +239,7 @@ class Wav2Lip(Engine):
         assert isinstance(options, Wav2LipOptions)
         o = options
         argv = [
-            job.python,
-            "inference.py",
+            *self.entry_argv(job.python),
             "--checkpoint_path", self.model_dest(o),
             "--face", ws.engine_path(job.face),
             "--audio", ws.engine_path(job.audio),
@@ -264,6 +263,14 @@ class Wav2Lip(Engine):
         if o.wav2lip_nosmooth:
             argv.append("--nosmooth")
         return Command(argv=argv, cwd=ws.work, env=job.device.env())
+
+    def face_check_wanted(self, options: EngineOptions) -> bool:
+        # A fixed face box means the user placed the face; the detector is not run.
+        assert isinstance(options, Wav2LipOptions)
+        return options.wav2lip_box is None
+
+    def face_hints(self, options: EngineOptions) -> list[str]:
+        return ["pass --wav2lip-box"]
 
     def find_output(self, ws: Workspace, log_text: str) -> Path:
         out = ws.results / "result.mp4"

@@ -1,5 +1,8 @@
-"""Resource managers: pinned upstream clones and verified checkpoints in a shared cache."""
+"""Resource managers: pinned upstream clones and verified checkpoints in a shared cache.
 
-from .managers import EngineResources, Prepared, PreparedFile, Readiness, SadTalkerResources, Wav2LipResources, resources_for
+``managers.<DisplayName>Resources`` (e.g. the proof of concept's names) are made on demand for any registered engine.
+"""
 
-__all__ = ["EngineResources", "Prepared", "PreparedFile", "Readiness", "SadTalkerResources", "Wav2LipResources", "resources_for"]
+from .managers import EngineResources, Prepared, PreparedFile, Readiness, resources_for
+
+__all__ = ["EngineResources", "Prepared", "PreparedFile", "Readiness", "resources_for"]

@@ -1,8 +1,8 @@
 """Resource managers: "repo and checkpoints ready for engine X", as paths.
 
-``SadTalkerResources`` and ``Wav2LipResources`` keep the names the proof of
-concept used; both are :class:`EngineResources` bound to one engine, and a
-plug-in engine gets a plain ``EngineResources``.
+Each registered engine also has an :class:`EngineResources` subclass bound to
+it, named ``<display name>Resources`` (the names the proof of concept used),
+made on first use by :func:`resources_class`; this module names no engine.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engines import get_engine
+from ..engines import engine_classes, get_engine
 from ..engines.base import CheckpointSpec, Engine, EngineOptions
 from ..errors import InputError, OfflineError, ResourceError
 from .cache import Cache, Stamp, atomic_write_text, sha256_file, verified_stamp
@@ -95,14 +95,15 @@ class EngineResources:
 
     # -- what is needed -----------------------------------------------------------------
 
-    def needed(self, options: EngineOptions, resolution: int) -> list[CheckpointSpec]:
-        return [self.registry.spec(c.name) for c in self.engine.required_checkpoints(options, resolution)]
+    def needed(self, options: EngineOptions) -> list[CheckpointSpec]:
+        return [self.registry.spec(c.name) for c in self.engine.required_checkpoints(options)]
 
-    def status(self, options: EngineOptions | None = None, resolution: int = 256, *, all_files: bool = False) -> Readiness:
-        """Readiness from stamps alone: no hashing, no network, no git."""
+    def status(self, options: EngineOptions | None = None, *, all_files: bool = False) -> Readiness:
+        """Readiness from stamps alone: no hashing, no network, no git (every
+        file's without *options*)."""
         reg = self.registry
-        repo = repo_state(self._repo_dir(), self._ready(), reg.repo, self.engine.entry_script)
-        specs = list(reg.checkpoints.values()) if all_files or options is None else self.needed(options, resolution)
+        repo = repo_state(self._repo_dir(), self._ready(), reg.repo, self.engine.entry_file)
+        specs = list(reg.checkpoints.values()) if all_files or options is None else self.needed(options)
         files = {}
         for spec in specs:
             path = self.cache.checkpoint_path(self.engine.name, spec.name)
@@ -117,10 +118,10 @@ class EngineResources:
 
     # -- making it so -----------------------------------------------------------------------
 
-    def ensure(self, options: EngineOptions, resolution: int = 256) -> Prepared:
+    def ensure(self, options: EngineOptions) -> Prepared:
         """Clone, download and verify what *options* need; return the paths."""
         reg = self.registry
-        specs = self.needed(options, resolution)
+        specs = self.needed(options)
         if self.offline:
             self._check_offline(specs)
         repo_dir = ensure_repo(
@@ -128,7 +129,7 @@ class EngineResources:
             self._repo_dir(),
             self._ready(),
             self.cache.lock_path("repo", self.engine.name),
-            entry_script=self.engine.entry_script,
+            entry_script=self.engine.entry_file,
             offline=self.offline,
         )
         prepared = Prepared(self.engine.name, repo_dir, reg.repo.url, reg.repo.commit)
@@ -147,7 +148,7 @@ class EngineResources:
 
     def _check_offline(self, specs: list[CheckpointSpec]) -> None:
         missing = []
-        if repo_state(self._repo_dir(), self._ready(), self.registry.repo, self.engine.entry_script) != "ready":
+        if repo_state(self._repo_dir(), self._ready(), self.registry.repo, self.engine.entry_file) != "ready":
             missing.append(f"repository {self.registry.repo.url} @ {self.registry.repo.commit}")
         for spec in specs:
             path = self.cache.checkpoint_path(self.engine.name, spec.name)
@@ -220,22 +221,38 @@ def download_needed(path: Path, spec: CheckpointSpec) -> bool:
     return verified_stamp(path, spec.sha256) is None
 
 
-class SadTalkerResources(EngineResources):
-    def __init__(self, cache_dir: Path, **kwargs):
-        super().__init__("sadtalker", cache_dir, **kwargs)
+_BOUND: dict[str, type[EngineResources]] = {}
 
 
-class Wav2LipResources(EngineResources):
-    def __init__(self, cache_dir: Path, **kwargs):
-        super().__init__("wav2lip", cache_dir, **kwargs)
+def resources_class(engine: str) -> type[EngineResources]:
+    """The :class:`EngineResources` subclass bound to the registered *engine*
+    (``<display name>Resources(cache_dir, **kwargs)``)."""
+    cls = _BOUND.get(engine)
+    if cls is None:
+        display = engine_classes()[engine].display_name
+
+        def __init__(self, cache_dir: Path, **kwargs):
+            EngineResources.__init__(self, engine, cache_dir, **kwargs)
+
+        cls = type(f"{display}Resources", (EngineResources,), {"__init__": __init__, "__module__": __name__, "__doc__": f"The resources of the {engine} engine."})
+        _BOUND[engine] = cls
+    return cls
+
+
+def __getattr__(name: str) -> type[EngineResources]:
+    # The proof of concept's names (<display name>Resources), made on first use.
+    for engine, cls in engine_classes().items():
+        if name == f"{cls.display_name}Resources":
+            return resources_class(engine)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resources_for(engine: str | Engine, cache_dir: Path, **kwargs) -> EngineResources:
     name = engine if isinstance(engine, str) else engine.name
-    cls = {"sadtalker": SadTalkerResources, "wav2lip": Wav2LipResources}.get(name)
-    if cls is not None:
-        return cls(cache_dir, **kwargs)
+    registered = engine_classes().get(name)
+    if registered is not None and (isinstance(engine, str) or type(engine) is registered):
+        return resources_class(name)(cache_dir, **kwargs)
     return EngineResources(engine, cache_dir, **kwargs)
 
 
-__all__ = ["EngineResources", "Prepared", "PreparedFile", "Readiness", "SadTalkerResources", "Wav2LipResources", "resources_for"]
+__all__ = ["EngineResources", "Prepared", "PreparedFile", "Readiness", "resources_class", "resources_for"]

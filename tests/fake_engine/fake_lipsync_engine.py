@@ -59,17 +59,17 @@ class FakeEngine(Engine):
     repo = _Lazy(_repo)  # type: ignore[assignment]
     checkpoints = _Lazy(_checkpoints)  # type: ignore[assignment]
     licence_notice = "The fake weights are for tests only."
-    supports_video_face = True
+    face_input = "either"
     native_fps = True
     ffmpeg_copy_video_to = "results/result.mp4"
 
-    def required_checkpoints(self, options, resolution):
+    def required_checkpoints(self, options):
         return [self.checkpoint("fake.ckpt")]
 
     def build_command(self, job: Job, options: EngineOptions, ws: Workspace) -> Command:
         assert isinstance(options, FakeOptions)
         argv = [
-            job.python, "inference.py",
+            *self.entry_argv(job.python),
             "--face", ws.engine_path(job.face),
             "--audio", ws.engine_path(job.audio),
             "--outfile", "results/result.mp4",

@@ -1,6 +1,7 @@
 """Runtime shims for upstream code that breaks on current libraries.
 
-They live in ``site/``: a ``sitecustomize.py`` plus ``lipsync_shims.py``, both
+They live in ``site/``: a ``sitecustomize.py``, ``lipsync_shims.py`` (the
+shims) and ``lipsync_shims_hook.py`` (the post-import hook that runs them), all
 standalone (the engine may run in another interpreter, without lipsync-tool
 installed).  Only the engine's subprocess gets ``site/`` on its PYTHONPATH, so
 nothing is patched in this process.  Each shim patches only when the installed

@@ -3,8 +3,9 @@
 This file is standalone: it is loaded by the ``sitecustomize`` beside it, in
 the engine's own interpreter, which may not have lipsync-tool installed.  It
 imports nothing heavy itself.  A post-import hook (a ``sys.meta_path`` finder
-that wraps the loader's ``exec_module``) patches a library right after it has
-been imported, and only when the installed version needs it.
+that wraps the loader's ``exec_module``, in ``lipsync_shims_hook.py`` beside
+this file) patches a library right after it has been imported, and only when
+the installed version needs it.
 
 Every shim is idempotent (it marks what it replaced) and logs what it did to
 the ``lipsync_shims`` logger at DEBUG; ``LIPSYNC_TOOL_SHIM_DEBUG=1`` sends that
@@ -434,94 +435,22 @@ def _version_of(dist: str) -> str:
         return "?"
 
 
-# -- the post-import hook --------------------------------------------------------------------
+def _load_hook_module():
+    """``lipsync_shims_hook.py`` from beside this file.
 
+    Loaded by path: this directory need not be on sys.path (``sitecustomize``
+    may have loaded this file by path too).
+    """
+    import importlib.util
 
-class _HookedLoader:
-    """Wraps a loader for one import: runs the real ``exec_module``, puts the
-    real loader back on the module, then runs the module's shims."""
-
-    def __init__(self, loader, name: str):
-        self._loader = loader
-        self._name = name
-
-    def __getattr__(self, attr):
-        return getattr(self._loader, attr)
-
-    def create_module(self, spec):
-        create = getattr(self._loader, "create_module", None)
-        return create(spec) if create is not None else None
-
-    def exec_module(self, module) -> None:
-        try:
-            self._loader.exec_module(module)
-        finally:
-            if getattr(module, "__loader__", None) is self:
-                module.__loader__ = self._loader
-            spec = getattr(module, "__spec__", None)
-            if spec is not None and spec.loader is self:
-                spec.loader = self._loader
-        run_hooks(self._name, module)
-
-
-class _AliasLoader:
-    """Serves a module under its old name, as a view of the new one."""
-
-    def __init__(self, target: str):
-        self.target = target
-
-    def create_module(self, spec):
-        return None
-
-    def exec_module(self, module) -> None:
-        import importlib
-
-        real = importlib.import_module(self.target)
-        module.__dict__.update({k: v for k, v in vars(real).items() if not (k.startswith("__") and k.endswith("__"))})
-        module.__all__ = list(getattr(real, "__all__", [k for k in vars(real) if not k.startswith("_")]))
-        module.__getattr__ = lambda attr: getattr(real, attr)
-        _note(f"{module.__name__} is an alias of {self.target}")
-
-
-class PostImportFinder:
-    """A ``sys.meta_path`` finder that only decorates other finders' specs."""
-
-    def __init__(self) -> None:
-        self._busy: set[str] = set()
-
-    def find_spec(self, fullname, path=None, target=None):
-        if (fullname not in HOOKS and fullname not in ALIASES) or fullname in self._busy:
-            return None
-        self._busy.add(fullname)
-        try:
-            spec = None
-            for finder in sys.meta_path:
-                if finder is self or type(finder).__name__ == "PostImportFinder":
-                    continue
-                find = getattr(finder, "find_spec", None)
-                if find is None:
-                    continue
-                spec = find(fullname, path, target)
-                if spec is not None:
-                    break
-        finally:
-            self._busy.discard(fullname)
-        if spec is None:
-            if fullname in ALIASES:
-                import importlib.machinery
-                import importlib.util
-
-                parent = fullname.rpartition(".")[0]
-                try:
-                    found = importlib.util.find_spec(ALIASES[fullname]) if parent in sys.modules else None
-                except (ImportError, ValueError):
-                    found = None
-                if found is not None:
-                    return importlib.machinery.ModuleSpec(fullname, _AliasLoader(ALIASES[fullname]))
-            return None
-        if fullname in HOOKS and spec.loader is not None and hasattr(spec.loader, "exec_module") and not isinstance(spec.loader, _HookedLoader):
-            spec.loader = _HookedLoader(spec.loader, fullname)
-        return spec
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lipsync_shims_hook.py")
+    spec = importlib.util.spec_from_file_location("lipsync_shims_hook", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lipsync_shims_hook"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def install() -> None:
@@ -531,7 +460,7 @@ def install() -> None:
     if getattr(sys, "_lipsync_shims_installed", False) or any(type(f).__name__ == "PostImportFinder" for f in sys.meta_path):
         return
     sys._lipsync_shims_installed = True  # type: ignore[attr-defined]
-    sys.meta_path.insert(0, PostImportFinder())
+    sys.meta_path.insert(0, _load_hook_module().PostImportFinder(HOOKS, ALIASES, run_hooks, _note))
     seed = seed_value()
     if seed is not None:
         import random

@@ -1,0 +1,92 @@
+"""``run`` (also the default command) and ``demo`` (``run`` on the bundled samples)."""
+
+import inspect
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .console import ConsoleObserver, guard, keeping_temp_dir, out, setup_logging
+from .options import EngineParams, command_with, common_parameters
+
+
+def add_commands(app: typer.Typer, engine_params: EngineParams) -> None:
+    def run(**values: Any) -> None:
+        guard(do_run, **values)
+
+    def demo(**values: Any) -> None:
+        guard(do_demo, **values)
+
+    app.command("run", help="Lip-sync IMAGE to AUDIO and write OUTPUT (this is also the default command).")(
+        command_with(run, common_parameters() + engine_params())
+    )
+    app.command("demo", help="Lip-sync the bundled sample portrait and speech: a first run that needs no files of your own.")(
+        command_with(demo, _demo_parameters() + engine_params())
+    )
+
+
+def _pipeline_kwargs(values: dict[str, Any]) -> dict[str, Any]:
+    """CLI values → LipSyncPipeline keywords.  Unset options (None) are
+    dropped; False stays, since ``--no-still`` means something."""
+    skip = {"image", "audio", "output", "engine", "log_level"}
+    return {k: v for k, v in values.items() if k not in skip and v is not None}
+
+
+def do_run(**values: Any) -> int:
+    from ..pipeline import LipSyncPipeline
+
+    setup_logging(values["log_level"])
+    observer = ConsoleObserver()
+    try:
+        pipeline = LipSyncPipeline(values["engine"], observer=observer, **_pipeline_kwargs(values))
+        started = time.monotonic()
+        with keeping_temp_dir(pipeline):
+            result = pipeline.run(values["image"], values["audio"], values["output"])
+    finally:
+        observer.done()
+    media = result.report["output"].get("media", {})
+    v = media.get("video") or {}
+    if result.output is not None:
+        out(f"Wrote {result.output} ({v.get('width')}x{v.get('height')}, {v.get('duration') or 0:.2f} s) in {time.monotonic() - started:.1f} s")
+    if result.hls is not None:
+        out(f"Wrote the HLS playlist {result.hls}")
+    if result.temp_dir:
+        out(f"Temp files kept in {result.temp_dir}:")
+        for line in result.kept_files:
+            out(f"  {line}")
+    return 0
+
+
+def demo_output(engine: str) -> Path:
+    """``lipsync-tool demo``'s default OUTPUT: ``lipsync-demo-ENGINE.mp4`` in the current folder."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in engine.lower())
+    return Path(f"lipsync-demo-{safe}.mp4")
+
+
+def do_demo(**values: Any) -> int:
+    """``run`` on the portrait and speech that ship with the package."""
+    from contextlib import ExitStack
+    from importlib.resources import as_file
+
+    from ..data import sample
+    from ..engines import DEFAULT_ENGINE
+
+    values["engine"] = values.get("engine") or DEFAULT_ENGINE
+    if values.get("output") is None and values.get("hls") is None:
+        values["output"] = demo_output(values["engine"])
+    with ExitStack() as stack:
+        for role in ("image", "audio"):
+            values[role] = stack.enter_context(as_file(sample(role)))
+        out(f"Demo: the bundled portrait {values['image']}")
+        out(f"      and the bundled speech {values['audio']}")
+        out(f"      with --engine {values['engine']}, into {values['output'] if values['output'] is not None else values['hls']}")
+        return do_run(**values)
+
+
+def _demo_parameters() -> list[inspect.Parameter]:
+    """``run``'s options without IMAGE and AUDIO; OUTPUT has a default."""
+    params = [p for p in common_parameters() if p.name not in ("image", "audio")]
+    help_ = "Where to write the video (.mp4, .mov or .mkv). (default: lipsync-demo-ENGINE.mp4 in the current folder)"
+    output = inspect.Parameter("output", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[Path], typer.Argument(help=help_, show_default=False)])
+    return [output if p.name == "output" else p for p in params]
