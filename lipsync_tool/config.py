@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from . import naming
 from .constants import ENV_CACHE, ENV_DEBUG, ENV_FFMPEG, ENV_OFFLINE, ENV_REGISTRY, OUTPUT_EXTENSIONS, X264_PRESETS, env_flag
 
-__all__ = ["ENV_FFMPEG", "OUTPUT_EXTENSIONS", "X264_PRESETS", "RunOptions", "Settings", "UpscaleOptions", "parse_canvas"]
+__all__ = ["ENV_FFMPEG", "OUTPUT_EXTENSIONS", "X264_PRESETS", "EncodeOptions", "RunOptions", "Settings", "UpscaleOptions", "parse_canvas"]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _CANVAS_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
@@ -40,12 +40,13 @@ def parse_canvas(value: Any) -> tuple[int, int] | None:
     return (w, h)
 
 
-class UpscaleOptions(BaseModel):
-    """How the engine's clip becomes the published file (one ffmpeg pass)."""
+class EncodeOptions(BaseModel):
+    """How the published file is encoded: declared once, shared by the run's
+    options (flat keywords, as the CLI, the API and reports spell them) and by
+    :class:`UpscaleOptions` (what the ffmpeg pass receives)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    enabled: bool = True
     target_height: int = Field(1080, ge=64, le=4320)
     canvas: tuple[int, int] | None = None
     fit: Literal["pad", "crop"] = "pad"
@@ -53,7 +54,6 @@ class UpscaleOptions(BaseModel):
     crf: int = Field(18, ge=0, le=51)
     x264_preset: Literal[X264_PRESETS] = "medium"  # type: ignore[valid-type]
     remove_audio: bool = False
-    audio_bitrate: str = "192k"
 
     @field_validator("target_height")
     @classmethod
@@ -67,21 +67,23 @@ class UpscaleOptions(BaseModel):
     def _canvas(cls, v: Any) -> tuple[int, int] | None:
         return parse_canvas(v)
 
+    def encode_options(self) -> dict[str, Any]:
+        """The shared fields' values."""
+        return {name: getattr(self, name) for name in EncodeOptions.model_fields}
 
-class RunOptions(BaseModel):
+
+class UpscaleOptions(EncodeOptions):
+    """How the engine's clip becomes the published file (one ffmpeg pass)."""
+
+    enabled: bool = True
+    audio_bitrate: str = "192k"
+
+
+class RunOptions(EncodeOptions):
     """Options every engine shares.  Field names are the CLI's, with ``_``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
     engine: str
-    fps: float = Field(25.0, gt=0, le=120)
-    target_height: int = Field(1080, ge=64, le=4320)
-    canvas: tuple[int, int] | None = None
-    fit: Literal["pad", "crop"] = "pad"
-    crf: int = Field(18, ge=0, le=51)
-    x264_preset: Literal[X264_PRESETS] = "medium"  # type: ignore[valid-type]
     no_upscale: bool = False
-    remove_audio: bool = False
     keep_temp: bool = False
     timeout: float | None = Field(None, gt=0)
     overwrite: bool = False
@@ -106,16 +108,6 @@ class RunOptions(BaseModel):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {v!r}")
         return v
 
-    @field_validator("target_height")
-    @classmethod
-    def _even_height(cls, v: int) -> int:
-        return UpscaleOptions._even_height(v)
-
-    @field_validator("canvas", mode="before")
-    @classmethod
-    def _canvas(cls, v: Any) -> tuple[int, int] | None:
-        return parse_canvas(v)
-
     @model_validator(mode="after")
     def _consistent(self) -> RunOptions:
         if self.canvas is not None and self.no_upscale:
@@ -123,16 +115,7 @@ class RunOptions(BaseModel):
         return self
 
     def upscale(self) -> UpscaleOptions:
-        return UpscaleOptions(
-            enabled=not self.no_upscale,
-            target_height=self.target_height,
-            canvas=self.canvas,
-            fit=self.fit,
-            fps=self.fps,
-            crf=self.crf,
-            x264_preset=self.x264_preset,
-            remove_audio=self.remove_audio,
-        )
+        return UpscaleOptions(enabled=not self.no_upscale, **self.encode_options())
 
 
 class Settings(BaseModel):

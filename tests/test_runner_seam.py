@@ -44,3 +44,25 @@ def test_a_failure_is_recorded_and_the_raised_error_is_left_as_it_was(fake_engin
     assert failure.temp_dir is not None and (failure.temp_dir / "engine.log").is_file()  # kept: the engine had run
     assert not hasattr(caught.value, "temp_dir") and not hasattr(caught.value, "report")
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_the_subprocess_runner_writes_the_command_files_first(tmp_path):
+    import sys
+
+    from lipsync_tool.engines.base import Command, Workspace
+    from lipsync_tool.engines.runner import SubprocessRunner
+
+    class Stub:
+        display_name = "Stub"
+
+        def translate_error(self, text, returncode, ws):
+            return None
+
+        def find_output(self, ws, text):
+            return ws.root / "out.txt"
+
+    ws = Workspace(tmp_path)
+    code = "import pathlib; pathlib.Path('out.txt').write_text(open('cfg/job.yaml').read().upper())"
+    command = Command([sys.executable, "-c", code], cwd=tmp_path, files={"cfg/job.yaml": "size: 256\n"})
+    out = SubprocessRunner().run(Stub(), command, None, ws, env={}, timeout=60, log_path=tmp_path / "engine.log")
+    assert out.read_text() == "SIZE: 256\n"

@@ -66,6 +66,7 @@ class SubprocessRunner(EngineRunner):
 
         # Chunked runs append to one log: this run's part starts here.
         offset = log_path.stat().st_size if log_path.exists() else 0
+        command.write_files()
         try:
             result = run_logged(command.argv, cwd=command.cwd, env=env, log_path=log_path, timeout=timeout, on_line=on_line)
         except ProcessTimeout:
