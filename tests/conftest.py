@@ -254,3 +254,31 @@ def cli():
 def cli_subprocess(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> CliResult:
     proc = subprocess.run([sys.executable, "-m", "lipsync_tool", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+# -- small shared fixtures -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def ws(tmp_path):
+    """An engine workspace laid out as the pipeline lays it out."""
+    from lipsync_tool.engines.base import Workspace
+
+    root = tmp_path / "lipsync-abc"
+    (root / "inputs").mkdir(parents=True)
+    (root / "work" / "results").mkdir(parents=True)
+    return Workspace(root)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    from lipsync_tool.resources.cache import Cache
+
+    return Cache(tmp_path / "cache")
+
+
+def spec_for(data: bytes, *urls: str, name: str = "model.pth"):
+    """A registry entry for *data*, served from *urls*."""
+    from lipsync_tool.engines.base import CheckpointSpec
+
+    return CheckpointSpec(name=name, urls=tuple(urls), size=len(data), sha256=hashlib.sha256(data).hexdigest(), dest=f"checkpoints/{name}")

@@ -8,7 +8,6 @@ these tests record.
 from __future__ import annotations
 
 import email.utils
-import hashlib
 import os
 import socket
 import threading
@@ -19,6 +18,7 @@ import pytest
 import requests
 import urllib3.exceptions as u3
 
+from conftest import spec_for
 from lipsync_tool.engines.base import CheckpointSpec
 from lipsync_tool.errors import DownloadError, NetworkUnavailableError
 from lipsync_tool.resources import download
@@ -93,15 +93,6 @@ def server():
 @pytest.fixture
 def blob() -> bytes:
     return os.urandom(SIZE)
-
-
-def spec_for(data: bytes, *urls: str, name: str = "model.pth") -> CheckpointSpec:
-    return CheckpointSpec(name=name, urls=tuple(urls), size=len(data), sha256=hashlib.sha256(data).hexdigest(), dest=f"checkpoints/{name}")
-
-
-@pytest.fixture
-def cache(tmp_path) -> Cache:
-    return Cache(tmp_path / "cache")
 
 
 def fetch(cache: Cache, spec: CheckpointSpec, sleep: FakeSleep):

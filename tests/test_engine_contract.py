@@ -79,14 +79,6 @@ def echo():
     engines.unregister("echo")
 
 
-@pytest.fixture
-def ws(tmp_path) -> Workspace:
-    root = tmp_path / "lipsync-abc"
-    (root / "inputs").mkdir(parents=True)
-    (root / "work" / "results").mkdir(parents=True)
-    return Workspace(root)
-
-
 def job(ws: Workspace, *, device: Device = CPU, video: bool = False) -> Job:
     face = ws.inputs / ("face.mp4" if video else "face.png")
     return Job(face=face, audio=ws.inputs / "audio.wav", face_is_video=video, fps=25.0, device=device, python="/py/bin/python")

@@ -22,14 +22,6 @@ GPU1 = Device("cuda", 1, reason="test")
 GPU = Device("cuda", reason="test")
 
 
-@pytest.fixture
-def ws(tmp_path) -> Workspace:
-    root = tmp_path / "lipsync-abc"
-    (root / "inputs").mkdir(parents=True)
-    (root / "work" / "results").mkdir(parents=True)
-    return Workspace(root)
-
-
 def job(ws: Workspace, *, device: Device = CPU, fps: float = 25.0, video: bool = False) -> Job:
     face = ws.inputs / ("face.mp4" if video else "face.png")
     return Job(face=face, audio=ws.inputs / "audio.wav", face_is_video=video, fps=fps, device=device, python="/py/bin/python")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import git
+from conftest import git, spec_for
 from httpserver import LoopbackServer
 from lipsync_tool.engines.base import CheckpointSpec, RepoSpec
 from lipsync_tool.errors import DependencyError, DownloadError, OfflineError, RegistryFileError, RepoError
@@ -41,15 +41,6 @@ def server():
 @pytest.fixture
 def blob() -> bytes:
     return os.urandom(SIZE)
-
-
-def spec_for(data: bytes, *urls: str, name: str = "model.pth") -> CheckpointSpec:
-    return CheckpointSpec(name=name, urls=tuple(urls), size=len(data), sha256=hashlib.sha256(data).hexdigest(), dest=f"checkpoints/{name}")
-
-
-@pytest.fixture
-def cache(tmp_path) -> Cache:
-    return Cache(tmp_path / "cache")
 
 
 def fetch(cache: Cache, spec: CheckpointSpec, downloader: Downloader | None = None):
