@@ -20,6 +20,17 @@ import pytest
 FAST = ["--x264-preset", "ultrafast", "--target-height", "240", "--skip-face-check"]
 
 
+def refused(result, summary: str, *fragments: str, absent: tuple[str, ...] = ()) -> str:
+    """A validation failure: exit 2, *summary* and every fragment said, nothing in *absent*."""
+    assert result.code == 2, result.output
+    text = result.stderr
+    for fragment in (summary, *fragments):
+        assert fragment in text, f"{fragment!r} missing from:\n{text}"
+    for fragment in absent:
+        assert fragment not in text, f"{fragment!r} should not be in:\n{text}"
+    return text
+
+
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -72,18 +83,16 @@ def test_a_row_cannot_write_outside_the_out_dir(cli, fake_engine, inputs, tmp_pa
     )
     for extra in (["--validate-only"], []):
         result = batch(cli, manifest, out, *extra)
-        assert result.code == 2, result.output
-        text = result.stderr
-        assert "6 of 7 rows are invalid" in text
-        for fragment in (
+        text = refused(
+            result,
+            "6 of 7 rows are invalid",
             f"line 2, column output: {tmp_path / 'escape.mp4'} is outside --out-dir {out}",
             f"line 3, column output: {tmp_path / 'absolute.mp4'} is outside --out-dir {out}",
             f"line 4, column output: {out / 'link' / 'through.mp4'} leads outside --out-dir {out} through a link",
             f"line 5, column output: {out / 'away.mp4'} leads outside --out-dir {out} through a link",
             f"line 6, column hls: {tmp_path / 'runs' / 'streams'} (the hls folder of this row) is outside --out-dir {out}",
             f"line 8, column output: {out / 'r.report.json'} (the report of this row) leads outside --out-dir {out} through a link",
-        ):
-            assert fragment in text, f"{fragment!r} missing from:\n{text}"
+        )
         assert "line 7" not in text
     assert not trace.exists()
     assert not (tmp_path / "escape.mp4").exists() and not (tmp_path / "absolute.mp4").exists() and list(elsewhere.iterdir()) == []
@@ -115,16 +124,14 @@ def test_what_a_row_writes_is_never_an_input_of_the_manifest(cli, fake_engine, m
     # --overwrite: an input is never replaced, not even when replacing is allowed.
     for extra in (["--validate-only"], []):
         result = batch(cli, manifest, out, "--overwrite", *extra)
-        assert result.code == 2, result.output
-        text = result.stderr
-        assert "4 of 5 rows are invalid" in text
-        for fragment in (
+        text = refused(
+            result,
+            "4 of 5 rows are invalid",
             f"line 3, column output: {talk} (the report of this row) is the audio of line 2; refusing to overwrite it",
             f"line 4, column output: {out / 'hard.mp4'} is the audio of line 3; refusing to overwrite it",
             f"line 5, column output: {out / 'soft.mp4'} is the image of line 2; refusing to overwrite it",
             f"line 6, column hls: {out / 'jobs.csv'} (the hls folder of this row) is the manifest; refusing to overwrite it",
-        ):
-            assert fragment in text, f"{fragment!r} missing from:\n{text}"
+        )
         assert "line 2," not in text
     assert not trace.exists()
     assert {p: p.read_bytes() for p in before} == before
@@ -173,15 +180,13 @@ def test_rows_never_write_each_others_files_or_the_batch_report(cli, fake_engine
         ],
     )
     result = batch(cli, manifest, out, "--validate-only")
-    assert result.code == 2, result.output
-    text = result.stderr
-    assert "3 of 6 rows are invalid" in text
-    for fragment in (
+    text = refused(
+        result,
+        "3 of 6 rows are invalid",
         f"line 3, column hls: {out / 'batch_report.jsonl'} (the hls folder of this row) is also the batch's own batch_report.jsonl",
         f"line 5, column output: {out / 'streams' / 'd.mp4'} is inside the hls folder of line 4",
         f"line 6, column hls: {out / 'a.report.json'} (the hls folder of this row) is also the report of line 2",
-    ):
-        assert fragment in text, f"{fragment!r} missing from:\n{text}"
+    )
     for line in (2, 4, 7):
         assert f"line {line}," not in text
     assert not trace.exists() and not out.exists()
@@ -273,11 +278,7 @@ def test_a_broken_jsonl_line_is_counted_among_the_rows(cli, fake_engine, inputs,
     many = tmp_path / "many.jsonl"
     many.write_text(good + "\n\n# a comment\n" + odd + "\r\n[1]\n   \n{broken\n", encoding="utf-8")
     result = batch(cli, many, tmp_path / "out", "--validate-only")
-    assert result.code == 2, result.output
-    text = result.stderr
-    assert "2 of 4 rows are invalid" in text
-    assert "line 5: must be a JSON object, not list" in text and "line 7: is not valid JSON" in text
-    assert "line 4" not in text and "line 1" not in text
+    refused(result, "2 of 4 rows are invalid", "line 5: must be a JSON object, not list", "line 7: is not valid JSON", absent=("line 4", "line 1"))
 
 
 def test_csv_rows_are_counted_and_numbered_as_an_editor_shows_them(cli, fake_engine, inputs, tmp_path):
@@ -294,13 +295,14 @@ def test_csv_rows_are_counted_and_numbered_as_an_editor_shows_them(cli, fake_eng
         f"{face},{a},z.mp4\n"  # 9 (inside the open quote)
     )
     result = batch(cli, path, tmp_path / "out", "--validate-only")
-    assert result.code == 2, result.output
-    text = result.stderr
-    assert "3 of 4 rows are invalid" in text
-    assert "line 6: has 4 values but the header (line 1) names 3 columns" in text
-    assert "line 7, column audio: is missing" in text
-    assert "line 8: is not valid CSV (a quote opened in this row is never closed)" in text
-    assert "line 2" not in text and "line 3" not in text
+    refused(
+        result,
+        "3 of 4 rows are invalid",
+        "line 6: has 4 values but the header (line 1) names 3 columns",
+        "line 7, column audio: is missing",
+        "line 8: is not valid CSV (a quote opened in this row is never closed)",
+        absent=("line 2", "line 3"),
+    )
 
     # A problem with the header is not a bad row.
     header = write_csv(tmp_path / "header.csv", ["image", "audio", "audio"], [[face, a, a]])
