@@ -38,8 +38,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _common import timed
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTRAIT = ROOT / "tests" / "data" / "portrait.jpg"
@@ -52,16 +53,6 @@ def ffmpeg_path() -> str:
     from lipsync_tool.media import find_ffmpeg
 
     return find_ffmpeg().path
-
-
-def timed(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None, log: Path) -> float:
-    start = time.perf_counter()
-    with open(log, "wb") as f:
-        proc = subprocess.run(argv, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False)
-    took = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {argv}\nsee {log}")
-    return took
 
 
 def summarize(runs: dict[str, list[float]]) -> dict[str, float]:

@@ -21,6 +21,12 @@ import wave
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .report import RunReport
 
 log = logging.getLogger(__name__)
 
@@ -255,3 +261,35 @@ class ChunkedRender:
             shutil.rmtree(self.state.dir, ignore_errors=True)
         self.release()
 
+
+def chunk_plan(engine, engine_options, chunk_seconds: float | None, audio_wav: Path, fps: float, *, face_is_video: bool) -> list[Chunk] | None:
+    """The chunks to render the staged audio in (None: it renders whole)."""
+    seconds = chunk_seconds if chunk_seconds is not None else engine.default_chunk_seconds
+    if not seconds:
+        return None
+    moving = ["the face video"] if face_is_video else []
+    moving += [f"--{n.replace('_', '-')}" for n in engine.staged_refs(engine_options)]
+    if moving:
+        # Every chunk would start the video again from its first frame.
+        if chunk_seconds:
+            raise UsageError(f"chunks cannot be used with {' and '.join(moving)}: each chunk would restart it", subject="--chunk-seconds", hint="Drop --chunk-seconds (or set it to 0).")
+        log.info("not rendering in chunks: %s would restart in every chunk", " and ".join(moving))
+        return None
+    samples, rate = read_wav(audio_wav)
+    plan = plan_chunks(samples, rate, fps, seconds)
+    return plan if len(plan) > 1 else None
+
+
+def chunk_key(report: RunReport, prepared, *, fps: float, seed: int | None) -> dict[str, Any]:
+    """Everything that defines a chunked run's clips (runs that agree share them)."""
+    return {
+        "engine": report.engine.name,
+        "commit": prepared.commit,
+        "checkpoints": sorted(f.sha256 for f in prepared.files),
+        "options": report.engine_options_resolved,
+        "fps": fps,
+        "image": report.inputs.image_sha256,
+        "audio": report.inputs.audio_sha256,
+        "seed": seed,
+        "plan": report.chunks,
+    }

@@ -256,7 +256,11 @@ def compare(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     runs = _EngineRuns(pipelines, image, audio, out_dir, observer_for)
-    Scheduler(runs, on_event=runs.on_event).run(names)  # one engine at a time; a failure does not stop the others
+    try:
+        Scheduler(runs, on_event=runs.on_event).run(names)  # one engine at a time; a failure does not stop the others
+    finally:
+        for p in pipelines.values():
+            p.close()  # each engine's warm worker
     results = [runs.results[name] for name in names]
     for r in results:
         r.score = score_fields(the_scorer, r.output if r.status == "ok" else None, audio)

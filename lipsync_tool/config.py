@@ -54,6 +54,9 @@ class EncodeOptions(BaseModel):
     crf: int = Field(18, ge=0, le=51)
     x264_preset: Literal[X264_PRESETS] = "medium"  # type: ignore[valid-type]
     remove_audio: bool = False
+    #: The H.264 encoder of the published file; auto: NVENC when ffmpeg has it
+    #: and the run is on a GPU, else libx264 (the report says which).
+    encoder: Literal["auto", "libx264", "h264_nvenc"] = "auto"
 
     @field_validator("target_height")
     @classmethod
@@ -99,6 +102,13 @@ class RunOptions(EncodeOptions):
     chunk_seconds: float | None = Field(None, ge=0)
     hls: Path | None = None
     hls_segment_seconds: float = Field(5.0, gt=0, le=60)
+    #: How the engine runs: a warm worker (None: when the engine has one) or
+    #: upstream's own CLI per job.
+    runner: Literal["worker", "subprocess"] | None = None
+    #: Whether warm workers reuse (and keep) the face preprocessing.
+    preprocess_cache: bool = True
+    #: Half precision (autocast) for the renderer and generator (GPU, worker).
+    fp16: bool = False
 
     @field_validator("device")
     @classmethod

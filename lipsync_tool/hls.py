@@ -95,6 +95,8 @@ class HlsPlaylist:
     def fail(self, message: str) -> None:
         """Leave the playlist without ENDLIST, saying why (a comment players ignore)."""
         self.cleanup_audio()
+        for partial in self.dir.glob("segment_*.ts.tmp"):  # a streamed encode that was stopped
+            partial.unlink(missing_ok=True)
         text = self.playlist.read_text() if self.playlist.exists() else "#EXTM3U\n#EXT-X-VERSION:3\n"
         one_line = re.sub(r"\s+", " ", message).strip()[:300]
         atomic_write_text(self.playlist, text.rstrip("\n") + f"\n# lipsync-tool: FAILED after {self.published_seconds:.2f} s: {one_line}\n")

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .chunking import Chunk
     from .config import UpscaleOptions
     from .media import FFmpeg
+    from .media.stream import FrameEncoder, VideoFormat
     from .report import RunReport, Timer
 
 
@@ -40,6 +41,8 @@ class Rendered:
     #: Seconds of the audio the clips cover.
     duration: float
     chunked: bool = False
+    #: The frames went straight into each output's encoder (no clips).
+    streamed: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,11 @@ class Output(ABC):
     def add_chunk(self, ctx: PublishContext, chunk: Chunk, clip: Path, label: str, *, last: bool) -> None:
         """A chunk's clip is ready (chunked runs; progressive formats publish it now)."""
 
+    def stream(self, ctx: PublishContext, video: VideoFormat, duration: float) -> FrameEncoder:
+        """An encoder the engine's raw frames stream into as they are made
+        (a warm worker's run); :meth:`publish` then finds the work done."""
+        raise NotImplementedError(f"{type(self).__name__} cannot take streamed frames")
+
     @abstractmethod
     def publish(self, ctx: PublishContext, rendered: Rendered) -> None:
         """The whole clip is rendered: publish it."""
@@ -87,23 +95,43 @@ class FileOutput(Output):
 
     def __init__(self, path: Path):
         self.path = path
+        self._streamed: Path | None = None
+
+    def stream(self, ctx: PublishContext, video: VideoFormat, duration: float) -> FrameEncoder:
+        from .media import AudioSource, upscale_argv
+        from .media.stream import PIPE, FrameEncoder, raw_video_input
+
+        self._streamed = tmp_out = temp_output_path(self.path)
+        argv = upscale_argv(ctx.ff.path, PIPE, AudioSource(ctx.audio), tmp_out, ctx.upscale, duration, fmt=output_format(self.path), raw_input=raw_video_input(video))
+        (ctx.workdir / "upscale_command.txt").write_text(_shell_join(argv) + "\n")
+        ctx.report.commands.ffmpeg = argv
+        return FrameEncoder(argv, what="the upscale", output=tmp_out)
+
+    def fail(self, ctx: PublishContext, reason: str) -> str | None:
+        if self._streamed is not None:
+            self._streamed.unlink(missing_ok=True)
+        return None
+
+    def interrupt(self, ctx: PublishContext) -> None:
+        self.fail(ctx, "interrupted")
 
     def publish(self, ctx: PublishContext, rendered: Rendered) -> None:
         from .media import AudioSource, concat_list, probe, run_ffmpeg_job, upscale_argv
         from .targets import publish_file
 
-        tmp_out = temp_output_path(self.path)
+        tmp_out = self._streamed if rendered.streamed and self._streamed is not None else temp_output_path(self.path)
         try:
-            ctx.observer.stage("upscale")
-            with ctx.timer("upscale"):
-                if rendered.chunked:
-                    source, raw_input = concat_list(rendered.clips, ctx.workdir / "chunks.ffconcat"), {"f": "concat", "safe": 0}
-                else:
-                    source, raw_input = rendered.clips[0], None
-                argv = upscale_argv(ctx.ff.path, source, AudioSource(ctx.audio), tmp_out, ctx.upscale, rendered.duration, fmt=output_format(self.path), raw_input=raw_input)
-                (ctx.workdir / "upscale_command.txt").write_text(_shell_join(argv) + "\n")
-                ctx.report.commands.ffmpeg = argv
-                run_ffmpeg_job(argv, what="the upscale", total_seconds=rendered.duration, on_progress=lambda f: ctx.observer.progress("upscale", f))
+            if not rendered.streamed:  # streamed frames were encoded while the engine ran
+                ctx.observer.stage("upscale")
+                with ctx.timer("upscale"):
+                    if rendered.chunked:
+                        source, raw_input = concat_list(rendered.clips, ctx.workdir / "chunks.ffconcat"), {"f": "concat", "safe": 0}
+                    else:
+                        source, raw_input = rendered.clips[0], None
+                    argv = upscale_argv(ctx.ff.path, source, AudioSource(ctx.audio), tmp_out, ctx.upscale, rendered.duration, fmt=output_format(self.path), raw_input=raw_input)
+                    (ctx.workdir / "upscale_command.txt").write_text(_shell_join(argv) + "\n")
+                    ctx.report.commands.ffmpeg = argv
+                    run_ffmpeg_job(argv, what="the upscale", total_seconds=rendered.duration, on_progress=lambda f: ctx.observer.progress("upscale", f))
             ctx.observer.stage("publish")
             with ctx.timer("publish"):
                 info = probe(tmp_out, ff=ctx.ff, measure=True)
@@ -141,6 +169,21 @@ class HlsOutput(Output):
         audio = self.playlist.piece_audio(start, end) if not ctx.remove_audio else None
         self.playlist.publish(clip, audio, ctx.upscale, duration, start=start, on_progress=lambda f: ctx.observer.progress("hls", f))
 
+    def stream(self, ctx: PublishContext, video: VideoFormat, duration: float) -> FrameEncoder:
+        """Segments appear while the frames are still being made."""
+        from .media import hls_argv
+        from .media.stream import PIPE, FrameEncoder, raw_video_input
+
+        assert self.playlist is not None
+        self._progressive = True
+        audio = self.playlist.piece_audio(0.0, None) if not ctx.remove_audio else None
+        argv = hls_argv(
+            ctx.ff.path, PIPE, audio, self.playlist.playlist, ctx.upscale, duration, segment_seconds=self.segment_seconds, ts_offset=0.0, raw_input=raw_video_input(video)
+        )
+        self.playlist.commands.append(argv)
+        self.playlist.published_seconds = duration  # once the encoder has finished (fail() counts what is there)
+        return FrameEncoder(argv, what="the HLS segments")
+
     def add_chunk(self, ctx: PublishContext, chunk: Chunk, clip: Path, label: str, *, last: bool) -> None:
         self._progressive = True
         ctx.observer.stage("hls", label)
@@ -160,6 +203,10 @@ class HlsOutput(Output):
     def fail(self, ctx: PublishContext, reason: str) -> str | None:
         if self.playlist is None:
             return None
+        from .hls import playlist_durations
+
+        if self.playlist.playlist.exists():
+            self.playlist.published_seconds = sum(playlist_durations(self.playlist.playlist))
         self.playlist.fail(reason)
         note = f"The HLS playlist {self.playlist.playlist} stops after {self.playlist.published_seconds:.2f} s and is marked as failed (no #EXT-X-ENDLIST)."
         if ctx.report.hls is not None:

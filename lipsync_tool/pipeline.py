@@ -150,9 +150,11 @@ class LipSyncPipeline:
         downloader=None,
         resources=None,
         device_decision=None,
-        runner: EngineRunner | None = None,
+        runner: EngineRunner | str | None = None,
         **options: Any,
     ):
+        if isinstance(runner, str):  # --runner's value: "worker" or "subprocess"
+            options["runner"], runner = runner, None
         self.engine: Engine = get_engine(engine or DEFAULT_ENGINE)
         self.options, self.engine_options = split_options(self.engine, options)
         self.observer = observer or Observer()
@@ -163,11 +165,24 @@ class LipSyncPipeline:
         #: A runtime.DeviceDecision to share between pipelines with the same
         #: --device and --python (resolving it probes torch in a subprocess).
         self._device = device_decision
-        #: How the engine's commands run (a fresh process per job by default).
-        self.runner: EngineRunner = runner or SubprocessRunner()
+        #: How the engine's commands run (--runner; a warm worker by default).
+        #: A runner passed in is shared (batch, compare) and closed by its owner.
+        self._owns_runner = runner is None
+        self.runner: EngineRunner = runner or make_runner(self.options.runner, self.engine)
         #: How the latest run that failed or was interrupted ended: its report,
         #: the temp dir kept for debugging, the outputs' notes.
         self.last_failure: RunFailure | None = None
+
+    def close(self) -> None:
+        """Stop the warm workers this pipeline started (not a runner it was given)."""
+        if self._owns_runner:
+            self.runner.close()
+
+    def __enter__(self) -> LipSyncPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def device_decision(self):
@@ -223,6 +238,23 @@ class LipSyncPipeline:
                 log.warning("running %s on the CPU (%s); this is much slower than a GPU", self.engine.display_name, dev.reason)
             log.info("device: %s (%s)", dev, dev.reason)
         return python, self._device
+
+
+def make_runner(choice: str | None, engine: Engine | None = None) -> EngineRunner:
+    """The runner --runner asks for: ``subprocess``; ``worker`` (refused for an
+    engine without a worker adapter); None: a worker where the engine has one,
+    its own CLI where it has none (the report says which ran)."""
+    from .errors import UsageError
+
+    if choice == "subprocess":
+        return SubprocessRunner()
+    from .engines.worker import WorkerRunner
+
+    if choice == "worker":
+        if engine is not None and not engine.worker_adapter:
+            raise UsageError(f"{engine.display_name} has no warm worker", subject="--runner", hint="Use --runner subprocess.")
+        return WorkerRunner()
+    return WorkerRunner(fallback=SubprocessRunner())
 
 
 try:

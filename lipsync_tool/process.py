@@ -63,7 +63,8 @@ _LIVE_LOCK = threading.Lock()
 def spawn(argv: Sequence[str], **kwargs) -> subprocess.Popen:
     """Start *argv* in its own process group, tied to this process's life, and
     remember it until :func:`forget` (see :func:`kill_all_live`)."""
-    proc = subprocess.Popen(tied_to_parent(argv), stdin=subprocess.DEVNULL, start_new_session=True, **kwargs)
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    proc = subprocess.Popen(tied_to_parent(argv), start_new_session=True, **kwargs)
     with _LIVE_LOCK:
         _LIVE.add(proc)
     return proc

@@ -50,9 +50,19 @@ class EngineInfo:
     raw_output: str | None = None
     #: Package versions in the engine's interpreter (or {"error": ...}).
     packages: dict[str, Any] | None = None
+    #: "worker" or "subprocess": how the engine ran.
+    runner: str | None = None
+    #: Per engine job in a warm worker: the worker (pid, log, job number,
+    #: whether it started for this job), the models' load, the batch size, fp16.
+    worker_jobs: list[dict[str, Any]] | None = None
+    #: Per engine job: the face preprocessing cache's key, and whether it hit.
+    preprocess: list[dict[str, Any]] | None = None
+    #: The published file's H.264 encoder, and why.
+    encoder: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **_present(**{k: getattr(self, k) for k in ("python", "repo", "commit", "checkpoints", "timeout_s", "raw_output", "packages")})}
+        keys = ("python", "repo", "commit", "checkpoints", "timeout_s", "raw_output", "packages", "runner", "worker_jobs", "preprocess", "encoder")
+        return {"name": self.name, **_present(**{k: getattr(self, k) for k in keys})}
 
 
 @dataclass

@@ -24,6 +24,7 @@ from .engines.base import Job, Workspace
 from .errors import FaceNotFoundError, InputError, Interrupted, LipsyncError, UsageError, error_dict
 from .outputs import HlsOutput, Output, PublishContext, Rendered, check_output_name, get_outputs
 from .report import DeviceInfo, EngineInfo, FaceInfo, InputsInfo, OutputInfo, ReportFiles, RunReport, Timer, ToolInfo
+from .streaming import check_gpu_options, resolve_encoder, runner_kind, runner_streams, stream_whole, worker_job
 
 if TYPE_CHECKING:
     from .chunking import Chunk, ChunkedRender
@@ -183,6 +184,7 @@ class Run:
                     self.run_report.installed = install_deps(self.engine, engine_python(self.opts.python), log_path=self.temp.root / "install.log")
             with self.timer("validate"):
                 self._resolve_device()
+                check_gpu_options(self.opts, self.device, runner_kind(self.p.runner, self.engine))
             face = self.face
             video_fps = face.info.video.fps if face.is_video and face.info and face.info.video else None
             self.fps = video_fps if (video_fps and "fps" not in self.opts.model_fields_set) else self.opts.fps
@@ -203,6 +205,7 @@ class Run:
 
     def render(self) -> None:
         """Make the engine ready, then render the clip, or its chunks one by one."""
+        from .chunking import chunk_plan
         from .workspace import build_link_farm
 
         ws, opts = self.ws, self.opts
@@ -219,14 +222,18 @@ class Run:
                 build_link_farm(prepared.repo_dir, ws.work, self.engine.entry_script, prepared.links())
                 self.plan = chunk_plan(self.engine, self.p.engine_options, self.opts.chunk_seconds, ws.inputs / "audio.wav", self.fps, face_is_video=self.face.is_video)
                 self.run_report.chunks = [c.to_dict() for c in self.plan] if self.plan else None
-            self.ctx = PublishContext(
-                self.ff, self.audio, opts.upscale().model_copy(update={"fps": self.fps}), opts.remove_audio, opts.overwrite, ws.root, self.observer, self.timer, self.run_report
-            )
+            encoder, why = resolve_encoder(opts.encoder, self.device, self.ff)
+            engine.encoder = {"name": encoder, "reason": why}
+            upscale = opts.upscale().model_copy(update={"fps": self.fps, "encoder": encoder})
+            self.ctx = PublishContext(self.ff, self.audio, upscale, opts.remove_audio, opts.overwrite, ws.root, self.observer, self.timer, self.run_report)
             self.outputs = get_outputs(self.output, hls=Path(opts.hls) if opts.hls is not None else None, hls_segment_seconds=opts.hls_segment_seconds)
             for out in self.outputs:
                 out.begin(self.ctx)
             self.reached_engine = True
-            if self.plan is None:
+            engine.runner = runner_kind(self.p.runner, self.engine)
+            if self.plan is None and runner_streams(self.p.runner, self.engine):
+                stream_whole(self)
+            elif self.plan is None:
                 raw = self._render_one(ws.inputs / "audio.wav", self.audio_check.duration, label=None)
                 engine.raw_output = str(raw)
                 self.rendered = Rendered([raw], self.audio_check.duration)
@@ -235,7 +242,7 @@ class Run:
 
     def _render_chunks(self, plan: list[Chunk]) -> None:
         """Render the chunks (see chunking.ChunkedRender); outputs see each as it is ready."""
-        from .chunking import ChunkedRender
+        from .chunking import ChunkedRender, chunk_key
         from .media import normalize_clip_argv, run_ffmpeg_job
 
         ws, report = self.ws, self.run_report
@@ -255,7 +262,7 @@ class Run:
         report.chunks_reused = self.chunks.render(ws.inputs / "audio.wav", lambda wav, seconds, label: self._render_one(wav, seconds, label=label), normalise, ready)
         self.rendered = Rendered(self.chunks.clips, sum(c.duration for c in plan), chunked=True)
 
-    def _render_one(self, audio_wav: Path, seconds: float, *, label: str | None) -> Path:
+    def _render_one(self, audio_wav: Path, seconds: float, *, label: str | None, sink=None) -> Path | None:
         from .engines.runner import engine_env
         from .runtime import default_timeout
 
@@ -273,6 +280,8 @@ class Run:
         self.run_report.engine.timeout_s = round(timeout, 1)
         with self.timer("engine"):
             try:
+                if runner_streams(self.p.runner, self.engine):
+                    return worker_job(self, command, job, env, timeout, sink=sink)
                 return self.p.runner.run(self.engine, command, job, ws, env=env, timeout=timeout, log_path=ws.log, on_line=self._engine_line)
             except LipsyncError as exc:
                 if not label:
@@ -409,26 +418,6 @@ def check_face(engine, engine_options, image: Path, face_path: Path, face, ff, w
         )
 
 
-def chunk_plan(engine, engine_options, chunk_seconds: float | None, audio_wav: Path, fps: float, *, face_is_video: bool) -> list[Chunk] | None:
-    """The chunks to render the staged audio in (None: it renders whole)."""
-    from .chunking import plan_chunks, read_wav
-
-    seconds = chunk_seconds if chunk_seconds is not None else engine.default_chunk_seconds
-    if not seconds:
-        return None
-    moving = ["the face video"] if face_is_video else []
-    moving += [f"--{n.replace('_', '-')}" for n in engine.staged_refs(engine_options)]
-    if moving:
-        # Every chunk would start the video again from its first frame.
-        if chunk_seconds:
-            raise UsageError(f"chunks cannot be used with {' and '.join(moving)}: each chunk would restart it", subject="--chunk-seconds", hint="Drop --chunk-seconds (or set it to 0).")
-        log.info("not rendering in chunks: %s would restart in every chunk", " and ".join(moving))
-        return None
-    samples, rate = read_wav(audio_wav)
-    plan = plan_chunks(samples, rate, fps, seconds)
-    return plan if len(plan) > 1 else None
-
-
 def new_report(pipeline, image: Path, audio: Path, output: Path | None, seed: int) -> RunReport:
     """The report of a run that is about to start."""
     return RunReport(
@@ -441,21 +430,6 @@ def new_report(pipeline, image: Path, audio: Path, output: Path | None, seed: in
         engine_options=pipeline.engine_options.model_dump(mode="json", exclude_none=True),
         engine_options_resolved=pipeline.engine_options.resolved().model_dump(mode="json", exclude_none=True),
     )
-
-
-def chunk_key(report: RunReport, prepared, *, fps: float, seed: int | None) -> dict[str, Any]:
-    """Everything that defines a chunked run's clips (runs that agree share them)."""
-    return {
-        "engine": report.engine.name,
-        "commit": prepared.commit,
-        "checkpoints": sorted(f.sha256 for f in prepared.files),
-        "options": report.engine_options_resolved,
-        "fps": fps,
-        "image": report.inputs.image_sha256,
-        "audio": report.inputs.audio_sha256,
-        "seed": seed,
-        "plan": report.chunks,
-    }
 
 
 def _option_holding(engine_options, path: Path) -> str:

@@ -432,7 +432,7 @@ def test_the_batch_goes_on_after_a_failure_and_exits_1(cli, fake_engine, inputs,
     rows = batch_report(out)
     assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
     failed = rows[1]
-    assert failed["error"]["type"] == "EngineError" and "exit 3" in failed["error"]["message"]
+    assert failed["error"]["type"] == "EngineError" and "Fake failed (RuntimeError: the fake engine crashed on purpose)" in failed["error"]["message"]
     assert Path(failed["error"]["temp_dir"], "engine.log").is_file()  # kept for debugging, as in single runs
     assert failed["line"] == 3 and "engine" in failed["timings"] and failed["output_info"] is None
     ok = rows[0]

@@ -161,7 +161,7 @@ def test_one_failing_engine_does_not_stop_the_others(cli, engines, media, tmp_pa
     temp = broken["error"]["temp_dir"]
     assert temp and Path(temp, "engine.log").is_file()
     shutil.rmtree(temp)
-    assert broken["status"] == "failed" and broken["error"]["type"] == "EngineError" and "exit 3" in broken["error"]["message"]
+    assert broken["status"] == "failed" and broken["error"]["type"] == "EngineError" and "Fake Broken failed (RuntimeError: the fake engine crashed on purpose)" in broken["error"]["message"]
     assert "engine" in broken["timings"] and broken["resolution"] is None
     assert broken["lse_c"] == "not computed" and broken["commit"] == engines.upstream.first
     assert fine["status"] == "ok"
@@ -169,7 +169,7 @@ def test_one_failing_engine_does_not_stop_the_others(cli, engines, media, tmp_pa
     assert (sbs.video.width, sbs.video.height) == (1080, 1080)
     assert data["side_by_side"]["engines"] == ["fake"]
     md = (out / "comparison.md").read_text()
-    assert re.search(r"^\| fakebroken \| failed: Fake Broken failed \(exit 3\)", md, re.MULTILINE)
+    assert re.search(r"^\| fakebroken \| failed: Fake Broken failed \(RuntimeError: the fake engine crashed on purpose\)", md, re.MULTILINE)
     assert re.search(r"fakebroken\s+failed", result.stdout)
 
 

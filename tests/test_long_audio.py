@@ -124,7 +124,7 @@ def test_chunk_failure_names_the_chunk_marks_the_playlist_and_a_rerun_reuses_chu
     args = (image, long_speech, out, "--engine", "fake", "--chunk-seconds", "3", "--hls", hls, "--fake-fail-on-run", "2", *FAST)
     r = cli(*args)
     assert r.code == 1
-    m = re.search(r"Error: chunk 2/3 \((\d+\.\d\d)–(\d+\.\d\d) s\): Fake failed \(exit 3\)", r.stderr)
+    m = re.search(r"Error: chunk 2/3 \((\d+\.\d\d)–(\d+\.\d\d) s\): Fake failed \(RuntimeError: the fake engine crashed on purpose\)", r.stderr)
     assert m, r.stderr
     assert SILENCES[0][0] <= float(m.group(1)) <= SILENCES[0][1] and SILENCES[1][0] <= float(m.group(2)) <= SILENCES[1][1]
     assert "index.m3u8 stops after" in r.stderr and "marked as failed" in r.stderr

@@ -119,13 +119,16 @@ def test_fps_option_is_honoured(fake_engine, media, cli, tmp_path):
     assert info.video.fps == 30 and info.video.frames == 30
 
 
-def test_keep_temp_leaves_debugging_files(fake_engine, media, cli, tmp_path):
+@pytest.mark.parametrize(("runner", "raw"), [("subprocess", "work/results/result.mp4"), ("worker", "work/results/worker.mp4")])
+def test_keep_temp_leaves_debugging_files(fake_engine, media, cli, tmp_path, runner, raw):
     out = tmp_path / "out.mp4"
-    r = cli(media.portrait(), media.audio(seconds=0.8), out, "--engine", "fake", "--keep-temp", *FAST)
+    r = cli(media.portrait(), media.audio(seconds=0.8), out, "--engine", "fake", "--keep-temp", "--runner", runner, *FAST)
     assert r.code == 0, r.output
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("Temp files kept in "))
     temp = Path(line.removeprefix("Temp files kept in ").rstrip(":"))
-    for rel in ("inputs/face.png", "inputs/audio.wav", "engine_command.txt", "engine.log", "work/results/result.mp4", "upscale_command.txt", "report.json"):
+    # The worker streams its frames into the encode; --keep-temp also keeps them, losslessly.
+    assert probe(temp / raw, measure=True).video.frames == 20
+    for rel in ("inputs/face.png", "inputs/audio.wav", "engine_command.txt", "engine.log", raw, "upscale_command.txt", "report.json"):
         assert (temp / rel).is_file(), rel
         assert rel in r.stdout
     assert "inference.py" in (temp / "engine_command.txt").read_text()
@@ -145,11 +148,12 @@ def test_temp_dir_is_removed_without_keep_temp(fake_engine, media, cli, tmp_path
     assert not staged.parent.parent.exists()
 
 
-def test_crashing_engine_exits_1_with_log_tail_and_no_output(fake_engine, media, cli, tmp_path):
+@pytest.mark.parametrize(("runner", "failed"), [("subprocess", "Fake failed (exit 3)"), ("worker", "Fake failed (RuntimeError: the fake engine crashed on purpose)")])
+def test_crashing_engine_exits_1_with_log_tail_and_no_output(fake_engine, media, cli, tmp_path, runner, failed):
     out = tmp_path / "out.mp4"
-    r = cli(media.portrait(), media.audio(seconds=0.8), out, "--engine", "fake", "--fake-mode", "crash")
+    r = cli(media.portrait(), media.audio(seconds=0.8), out, "--engine", "fake", "--fake-mode", "crash", "--runner", runner)
     assert r.code == 1
-    assert "Fake failed (exit 3)" in r.stderr
+    assert failed in r.stderr
     assert "RuntimeError: the fake engine crashed on purpose" in r.stderr
     assert "engine.log" in r.stderr
     assert "Traceback" not in r.stderr.split("--- last lines")[0]
@@ -356,7 +360,7 @@ def test_upstreams_final_mux_becomes_a_stream_copy(fake_engine, media, cli, tmp_
     """Wav2Lip re-encodes temp/result.avi in its final mux; the ffmpeg the engine
     sees copies the video instead (the tool encodes once, at the end)."""
     out = tmp_path / "out.mp4"
-    r = cli(media.portrait(), media.audio(seconds=1.0), out, "--engine", "fake", "--fake-wav2lip-mux", "--keep-temp", *FAST)
+    r = cli(media.portrait(), media.audio(seconds=1.0), out, "--engine", "fake", "--fake-wav2lip-mux", "--keep-temp", "--runner", "subprocess", *FAST)
     assert r.code == 0, r.output
     temp = Path(next(ln for ln in r.stdout.splitlines() if ln.startswith("Temp files kept in ")).removeprefix("Temp files kept in ").rstrip(":"))
     raw = probe(temp / "work" / "results" / "result.mp4")

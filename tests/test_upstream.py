@@ -102,13 +102,21 @@ def w2l_registry(weights_root) -> Path:
 
 
 @needs_wav2lip
-def test_wav2lip_real_run(w2l_registry, media, tmp_path):
+@pytest.mark.parametrize("runner", ["worker", "subprocess"])
+def test_wav2lip_real_run(w2l_registry, media, tmp_path, runner):
     audio = media.audio("speech.wav", seconds=3.0)
     out, report = tmp_path / "w2l.mp4", tmp_path / "report.json"
-    r, wall = run_tool(PORTRAIT, audio, out, "--engine", "wav2lip", "--registry", w2l_registry, "--wav2lip-box", *BOX, "--report", report, "--keep-temp")
+    r, wall = run_tool(
+        PORTRAIT, audio, out, "--engine", "wav2lip", "--registry", w2l_registry, "--wav2lip-box", *BOX, "--report", report, "--keep-temp", "--runner", runner
+    )
     assert r.code == 0, r.output
     media_info = check_video(out, 3.0)
     data = json.loads(report.read_text())
+    assert data["engine"]["runner"] == runner
+    if runner == "worker":
+        (job,) = data["engine"]["worker_jobs"]
+        assert job["frames"] == 72 and job["models"]["loaded"] and job["video"]["width"] == 512
+        assert "preprocess" not in data["engine"]  # --wav2lip-box: upstream skips the detector, nothing to cache
     assert data["engine"]["commit"] == "5c90fa9b4a2c2a37d0b4ebf7633ac41534eb9941"
     assert data["commands"]["engine"][1] == "inference.py" and "--box" in data["commands"]["engine"]
     log = engine_log(report)
@@ -117,6 +125,19 @@ def test_wav2lip_real_run(w2l_registry, media, tmp_path):
     assert "librosa.filters.mel accepts sr, n_fft by position" in log
     assert "torch.load(" in log and "weights_only=False): a trusted file" in log
     print(json.dumps({"engine": "wav2lip", "wall_s": round(wall, 1), "timings": data["timings"], "output": media_info}))
+
+
+@needs_wav2lip
+def test_wav2lip_long_audio_renders_every_chunk_in_one_worker(w2l_registry, media, tmp_path):
+    audio = media.audio("speech.wav", seconds=7.0)
+    out, report = tmp_path / "long.mp4", tmp_path / "report.json"
+    r, _ = run_tool(PORTRAIT, audio, out, "--engine", "wav2lip", "--registry", w2l_registry, "--wav2lip-box", *BOX, "--chunk-seconds", "3", "--report", report)
+    assert r.code == 0, r.output
+    check_video(out, 7.0)
+    data = json.loads(report.read_text())
+    jobs = data["engine"]["worker_jobs"]
+    assert len(jobs) == len(data["chunks"]) >= 2
+    assert len({j["pid"] for j in jobs}) == 1 and [j["models"]["loaded"] for j in jobs] == [True] + [False] * (len(jobs) - 1)
 
 
 @needs_wav2lip
@@ -162,8 +183,14 @@ def test_sadtalker_real_run(st_registry, media, tmp_path):
     assert data["engine"]["commit"] == "cd4c0465ae0b54a6f85af57f5c65fec9fe23e7f8"  # the pinned commit, sparse-cloned
     argv = data["commands"]["engine"]
     assert argv[-1] == "--cpu" and "--still" in argv
+    # The default runner: a warm worker, its frames streamed into the upscale (15 frames for 0.6 s at 25 fps).
+    assert data["engine"]["runner"] == "worker"
+    (job,) = data["engine"]["worker_jobs"]
+    assert job["frames"] == 15 and job["models"]["loaded"] and job["video"]["pix_fmt"] == "rgb24"
+    (pre,) = data["engine"]["preprocess"]
+    assert pre["hit"] is False and pre["stored"] and pre["worker"]["hit"] is False
     log = engine_log(report)
-    assert "The generated video is named:" in log
+    assert "job 1 done: 15 frames" in log
     for shim in ("np.VisibleDeprecationWarning = np.exceptions.VisibleDeprecationWarning", "functional_tensor is an alias", "POS returns a flat t", "restored np.int, np.float"):
         assert shim in log, shim
     print(json.dumps({"engine": "sadtalker", "wall_s": round(wall, 1), "timings": data["timings"], "output": media_info}))

@@ -122,6 +122,8 @@ class BatchWork:
         self._devices: dict[tuple, Any] = {}
         #: Each started job's pipeline, whose ``last_failure`` tells how a failed run ended.
         self._pipelines: dict[int, Any] = {}
+        #: One runner per --runner choice for the whole batch: each engine's warm worker serves every job.
+        self._runners: dict[Any, Any] = {}
         self._t0: dict[int, float] = {}
 
     # -- bookkeeping --------------------------------------------------------------------------
@@ -190,14 +192,28 @@ class BatchWork:
         kwargs = job.pipeline_kwargs()
         # Resolving the device probes torch in a subprocess: do it once per (device, interpreter).
         key = (kwargs.get("device", "auto"), str(kwargs.get("python")))
-        pipeline = LipSyncPipeline(
-            job.engine, resources=job.group.resources, observer=self.obs.job_observer(job), device_decision=self._devices.get(key), **kwargs
-        )
+        runner = self.runner_for(job, kwargs.pop("runner", None))  # the shared one (the report says which kind ran)
+        pipeline = LipSyncPipeline(job.engine, resources=job.group.resources, observer=self.obs.job_observer(job), device_decision=self._devices.get(key), runner=runner, **kwargs)
         self._pipelines[job.index] = pipeline
         run = pipeline.start(job.image, job.audio, job.output)
         if pipeline.device_decision is not None:
             self._devices.setdefault(key, pipeline.device_decision)
         return run
+
+    def runner_for(self, job: BatchJob, choice: str | None):
+        from ..engines import get_engine
+        from ..pipeline import make_runner
+
+        with self._lock:
+            if choice not in self._runners:
+                self._runners[choice] = make_runner(choice, get_engine(job.engine))
+            return self._runners[choice]
+
+    def close(self) -> None:
+        """Stop the warm workers."""
+        for runner in self._runners.values():
+            runner.close()
+        self._runners.clear()
 
     def render(self, job: BatchJob, run) -> None:
         run.render()
@@ -270,6 +286,7 @@ def run_batch(plan: BatchPlan, *, jobs: int = 1, fail_fast: bool = False, observ
     except KeyboardInterrupt:
         raise Interrupted("interrupted") from None
     finally:
+        work.close()
         work.write_report()
     results = [work.results[j.index] for j in plan.jobs]
     setup = {g.engine: round(g.seconds, 3) for g in plan.groups.values() if g.seconds}

@@ -31,8 +31,9 @@ def add_commands(app: typer.Typer) -> None:
         cache_dir: CacheDir = None,
         engine: Annotated[Optional[str], typer.Option("--engine", "-e", help="Only this engine.")] = None,
         partial_only: Annotated[bool, typer.Option("--partial-only", help="Only interrupted downloads and clones.")] = False,
+        preprocess: Annotated[bool, typer.Option("--preprocess", help="Only the cached face preprocessing (see --no-preprocess-cache).")] = False,
     ) -> None:
-        guard(do_cache_clean, cache_dir, engine, partial_only)
+        guard(do_cache_clean, cache_dir, engine, partial_only, preprocess)
 
 
 def do_cache_info(cache_dir: Path | None, registry: Path | None) -> int:
@@ -45,6 +46,7 @@ def do_cache_info(cache_dir: Path | None, registry: Path | None) -> int:
     cache = Cache(settings.cache_dir)
     out(f"Cache: {cache.root} (layout {cache.base.name})")
     out(f"Total: {human_size(cache.size_of(cache.root))}")
+    _preprocess_info(settings.cache_dir, cache)
     runs = list(cache.chunks_dir().iterdir()) if cache.chunks_dir().is_dir() else []
     if runs:
         out(f"Unfinished chunked runs (reused by a rerun; 'cache clean --partial-only' removes them): {len(runs)}, {human_size(cache.size_of(cache.chunks_dir()))}")
@@ -61,6 +63,19 @@ def do_cache_info(cache_dir: Path | None, registry: Path | None) -> int:
             extra = f" (+{human_size(sum(p.stat().st_size for p in partial))} partial)" if partial else ""
             out(f"  {fname:<36} {state:<10} {human_size(path.stat().st_size) if path.exists() else '':>10}{extra}")
     return 0
+
+
+def _preprocess_info(cache_dir: Path, cache) -> None:
+    from ..resources.preprocess import PreprocessCache
+
+    entries = PreprocessCache(cache_dir).entries()
+    if not any(entries.values()):
+        return
+    out("Face preprocessing (reused by warm workers; 'cache clean --preprocess' removes it):")
+    for engine, items in entries.items():
+        if items:
+            size = sum(cache.size_of(p) for p in items)
+            out(f"  {engine}: {len(items)} {'entry' if len(items) == 1 else 'entries'}, {human_size(size)}")
 
 
 def do_cache_verify(cache_dir: Path | None, registry: Path | None) -> int:
@@ -102,7 +117,7 @@ def _repo_clean(path: Path) -> bool:
     return proc.returncode == 0 and not proc.stdout.strip()
 
 
-def do_cache_clean(cache_dir: Path | None, engine: str | None, partial_only: bool) -> int:
+def do_cache_clean(cache_dir: Path | None, engine: str | None, partial_only: bool, preprocess: bool = False) -> int:
     from ..config import Settings
     from ..engines import available_engines
     from ..resources.cache import Cache
@@ -111,8 +126,18 @@ def do_cache_clean(cache_dir: Path | None, engine: str | None, partial_only: boo
     cache = Cache(settings.cache_dir)
     if engine is not None and engine not in available_engines():
         raise UsageError(f"unknown engine {engine!r}", subject="--engine", hint="Choose one of: " + ", ".join(available_engines()))
+    if preprocess:
+        from ..resources.preprocess import PreprocessCache
+
+        count, freed = PreprocessCache(settings.cache_dir).clean(engine)
+        out(f"Removed {count} preprocessing {'entry' if count == 1 else 'entries'} ({human_size(freed)}) from {cache.root}")
+        return 0
     # Unfinished chunked runs belong to no one engine: cleaned when no engine is named.
     freed, busy = cache.clean([engine] if engine else cache.engines_present(), partial_only=partial_only, chunks=engine is None)
+    if not partial_only:
+        from ..resources.preprocess import PreprocessCache
+
+        freed += PreprocessCache(settings.cache_dir).clean(engine)[1]
     out(f"Freed {human_size(freed)} from {cache.root}")
     for what in busy:
         out(f"  skipped {what}: in use by another process")

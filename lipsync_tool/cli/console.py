@@ -271,6 +271,8 @@ class ConsoleObserver:
     def progress(self, stage: str, fraction: float) -> None:
         if self.current and stage in ("upscale", "hls"):
             self.current.set_fraction(fraction)
+        elif self.current and stage == "engine":  # a warm worker's frames, as they stream into the encode
+            self.current.set_postfix(f"{fraction:.0%} of the frames encoded")
 
     def notice(self, title: str, text: str) -> None:
         self._close()

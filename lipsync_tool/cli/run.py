@@ -41,7 +41,7 @@ def do_run(**values: Any) -> int:
     try:
         pipeline = LipSyncPipeline(values["engine"], observer=observer, **_pipeline_kwargs(values))
         started = time.monotonic()
-        with keeping_temp_dir(pipeline):
+        with pipeline, keeping_temp_dir(pipeline):
             result = pipeline.run(values["image"], values["audio"], values["output"])
     finally:
         observer.done()

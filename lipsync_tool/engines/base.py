@@ -312,6 +312,12 @@ class Engine(ABC):
     #: The file (as upstream spells it) of upstream's final mux, which the
     #: tool's ffmpeg turns into a video stream copy (the tool encodes once).
     ffmpeg_copy_video_to: ClassVar[str | None] = None
+    #: The warm worker's adapter file (docs/workers.md); None: the engine runs
+    #: only as a subprocess.
+    worker_adapter: ClassVar[str | None] = None
+    #: The engine option that sets the generator's batch size (the worker
+    #: sizes it from free VRAM when the user leaves it unset on a GPU).
+    batch_size_option: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -354,6 +360,12 @@ class Engine(ABC):
         return None if self.entry_module else self.entry_script
 
     # -- hooks for the shared pipeline (the defaults suit most engines) ---------------
+
+    def preprocess_key(self, options: EngineOptions) -> dict[str, Any] | None:
+        """The options that change the worker's cached face preprocessing (with
+        the face's content, commit and checkpoints they make its key); None:
+        these options preprocess nothing worth caching."""
+        return None
 
     def face_check_wanted(self, options: EngineOptions) -> bool:
         """Whether the pipeline's face pre-check is worth running (False where
@@ -427,9 +439,24 @@ class EngineRunner(ABC):
 
     The pipeline builds the command and its environment; a runner executes it
     and hands back the video the engine wrote.  ``SubprocessRunner``
-    (:mod:`lipsync_tool.engines.runner`) starts a fresh process per job; a warm
-    worker that keeps the models loaded between jobs is the second kind.
+    (:mod:`lipsync_tool.engines.runner`) starts a fresh process per job;
+    ``WorkerRunner`` (:mod:`lipsync_tool.engines.worker`) keeps the models
+    loaded in a warm worker and can also stream the frames (:meth:`streams_for`).
     """
+
+    #: What the report calls this runner.
+    kind: ClassVar[str] = "subprocess"
+
+    def kind_for(self, engine: Engine) -> str:
+        """How *engine*'s jobs run here ("worker" or "subprocess")."""
+        return self.kind
+
+    def streams_for(self, engine: Engine) -> bool:
+        """Whether :meth:`stream` (frames straight into the encoders) serves *engine*."""
+        return False
+
+    def close(self) -> None:
+        """Release what the runner keeps between jobs (warm workers)."""
 
     @abstractmethod
     def run(

@@ -275,6 +275,8 @@ class SadTalker(Engine):
     name = "sadtalker"
     display_name = "SadTalker"
     Options = SadTalkerOptions
+    worker_adapter = str(Path(__file__).with_name("workerd") / "sadtalker_adapter.py")
+    batch_size_option = "sadtalker_batch_size"
     repo = RepoSpec(
         url="https://github.com/OpenTalker/SadTalker.git",
         commit="cd4c0465ae0b54a6f85af57f5c65fec9fe23e7f8",
@@ -305,6 +307,11 @@ class SadTalker(Engine):
         ),
         (("--no-build-isolation", "--no-deps"), ("basicsr>=1.4.2", "facexlib>=0.3.0", "gfpgan>=1.3.8", "realesrgan>=0.3.0")),
     )  # fmt: skip
+
+    def preprocess_key(self, options: EngineOptions) -> dict[str, Any] | None:
+        # CropAndExtract.generate(image, dir, preprocess, pic_size=size): the crop and 3DMM coefficients.
+        o = _resolved(options)
+        return {"preprocess": o.preprocess, "size": o.resolution}
 
     def required_checkpoints(self, options: EngineOptions) -> list[CheckpointSpec]:
         o = _resolved(options)

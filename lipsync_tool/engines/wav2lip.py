@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator
 
@@ -190,6 +191,8 @@ class Wav2Lip(Engine):
     native_fps = True
     # Upstream muxes temp/result.avi with the audio by re-encoding it; a stream copy does.
     ffmpeg_copy_video_to = "results/result.mp4"
+    worker_adapter = str(Path(__file__).with_name("workerd") / "wav2lip_adapter.py")
+    batch_size_option = "wav2lip_batch_size"
     requirements = (
         ((), ("torch>=2.0",)),
         ((), ("numpy>=1.24", "scipy", "opencv-python-headless>=4.6", "librosa>=0.10", "tqdm", "numba")),
@@ -263,6 +266,17 @@ class Wav2Lip(Engine):
         if o.wav2lip_nosmooth:
             argv.append("--nosmooth")
         return Command(argv=argv, cwd=ws.work, env=job.device.env())
+
+    def preprocess_key(self, options: EngineOptions) -> dict[str, Any] | None:
+        # The face boxes of every frame, after pads and smoothing (s3fd's output).
+        assert isinstance(options, Wav2LipOptions)
+        o = options
+        if o.wav2lip_box is not None:
+            return None  # upstream skips the detector: nothing to cache
+        return {
+            "pads": list(o.wav2lip_pads), "nosmooth": o.wav2lip_nosmooth, "static": o.wav2lip_static,
+            "resize_factor": o.wav2lip_resize_factor, "crop": list(o.wav2lip_crop) if o.wav2lip_crop else None, "rotate": o.wav2lip_rotate,
+        }  # fmt: skip
 
     def face_check_wanted(self, options: EngineOptions) -> bool:
         # A fixed face box means the user placed the face; the detector is not run.

@@ -33,6 +33,10 @@ class FFmpeg:
             raise FFmpegError(f"{what} timed out after {timeout:.0f} s", argv=argv) from None
         return proc
 
+    def has_encoder(self, name: str) -> bool:
+        """Whether this ffmpeg was built with encoder *name* (e.g. ``h264_nvenc``)."""
+        return name in _encoders(self.path)
+
     def engine_env(self, bin_dir: Path, *, copy_video_to: str | None = None) -> dict[str, str]:
         """Environment so that a child's bare ``ffmpeg`` is this one.
 
@@ -56,6 +60,16 @@ class FFmpeg:
         else:
             os.symlink(self.path, link)
         return env
+
+
+@functools.lru_cache(maxsize=8)
+def _encoders(path: str) -> frozenset[str]:
+    try:
+        proc = subprocess.run([path, "-hide_banner", "-encoders"], stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return frozenset()
+    names = re.findall(r"^\s*[VAS][A-Z.]{5}\s+(\S+)", proc.stdout.decode("utf-8", "replace"), re.MULTILINE)
+    return frozenset(names)
 
 
 #: The ``ffmpeg`` an engine sees when its final mux should copy the video.

@@ -55,13 +55,7 @@ def upscale_graph(
     v = v.filter("tpad", stop=-1, stop_mode="clone")
     v = _resize(v, opts).filter("setsar", 1)
     streams = [v]
-    kwargs: dict[str, Any] = {
-        "vcodec": "libx264",
-        "pix_fmt": "yuv420p",
-        "crf": opts.crf,
-        "preset": opts.x264_preset,
-        "t": f"{duration:.6f}",
-    }
+    kwargs: dict[str, Any] = {**video_codec_options(opts), "pix_fmt": "yuv420p", "t": f"{duration:.6f}"}
     if audio is not None and not opts.remove_audio:
         a_in: dict[str, Any] = {}
         if audio.start is not None:
@@ -81,6 +75,14 @@ def upscale_graph(
     kwargs["f"] = {"mkv": "matroska", "mp4": "mp4", "mov": "mov"}.get(container, container)
     kwargs.update(extra_output or {})
     return ffm.output(*streams, str(out), **kwargs)
+
+
+def video_codec_options(opts: UpscaleOptions) -> dict[str, Any]:
+    """The H.264 encoder's options: libx264 (--crf, --x264-preset), or NVENC
+    at the constant quality closest to the same --crf."""
+    if opts.encoder == "h264_nvenc":
+        return {"vcodec": "h264_nvenc", "rc": "vbr", "cq": opts.crf, "b:v": 0, "preset": "p5"}
+    return {"vcodec": "libx264", "crf": opts.crf, "preset": opts.x264_preset}
 
 
 def _resize(v, opts: UpscaleOptions):
@@ -104,7 +106,16 @@ def upscale_argv(ff_path: str, raw: Path, audio: AudioSource | None, out: Path, 
 
 
 def hls_argv(
-    ff_path: str, clip: Path, audio: AudioSource | None, playlist: Path, opts: UpscaleOptions, duration: float, *, segment_seconds: float, ts_offset: float
+    ff_path: str,
+    clip: Path,
+    audio: AudioSource | None,
+    playlist: Path,
+    opts: UpscaleOptions,
+    duration: float,
+    *,
+    segment_seconds: float,
+    ts_offset: float,
+    raw_input: dict[str, Any] | None = None,
 ) -> list[str]:
     """Upscale *clip* (with its slice of the audio) straight into HLS segments
     appended to *playlist* (the muxer continues its numbering); keyframes
@@ -127,7 +138,7 @@ def hls_argv(
         # shifting that piece to non-negative times would overlap the next one.
         "avoid_negative_ts": "disabled",
     }
-    return upscale_argv(ff_path, clip, audio, playlist, opts, duration, fmt="hls", extra_output=extra)
+    return upscale_argv(ff_path, clip, audio, playlist, opts, duration, fmt="hls", extra_output=extra, raw_input=raw_input)
 
 
 def encode_aac_argv(ff_path: str, src: Path, dst: Path, bitrate: str, stream: int = 0) -> list[str]:

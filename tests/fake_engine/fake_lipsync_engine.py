@@ -17,12 +17,13 @@ from lipsync_tool.errors import FaceNotFoundError
 
 
 class FakeOptions(EngineOptions):
-    fake_mode: Literal["ok", "crash", "hang", "noout", "empty", "noface"] = Field(
+    fake_mode: Literal["ok", "crash", "hang", "noout", "empty", "noface", "die"] = Field(
         "ok", json_schema_extra=field_cli("--fake-mode", help="How the fake engine behaves.")
     )
     fake_extra_seconds: float = Field(0.0, json_schema_extra=field_cli("--fake-extra-seconds", help="Render this much longer than the audio."))
     fake_sleep: float = Field(0.0, ge=0, json_schema_extra=field_cli("--fake-sleep", help="Seconds the fake engine sleeps before rendering."))
     fake_wav2lip_mux: bool = Field(False, json_schema_extra=field_cli("--fake-wav2lip-mux", help="Finish with Wav2Lip's shell-string ffmpeg mux."))
+    fake_frame_delay: float = Field(0.0, ge=0, json_schema_extra=field_cli("--fake-frame-delay", help="Seconds the fake worker waits between batches of 8 frames."))
     fake_fail_on_run: int = Field(0, ge=0, json_schema_extra=field_cli("--fake-fail-on-run", help="Crash on the N-th invocation (counted in $FAKE_ENGINE_COUNTER)."))
 
 
@@ -62,9 +63,13 @@ class FakeEngine(Engine):
     face_input = "either"
     native_fps = True
     ffmpeg_copy_video_to = "results/result.mp4"
+    worker_adapter = str(Path(__file__).with_name("fake_worker_adapter.py"))
 
     def required_checkpoints(self, options):
         return [self.checkpoint("fake.ckpt")]
+
+    def preprocess_key(self, options):
+        return {"size": 256}
 
     def build_command(self, job: Job, options: EngineOptions, ws: Workspace) -> Command:
         assert isinstance(options, FakeOptions)
@@ -83,6 +88,8 @@ class FakeEngine(Engine):
             argv += ["--sleep", format_number(options.fake_sleep)]
         if options.fake_wav2lip_mux:
             argv.append("--mux_like_wav2lip")
+        if options.fake_frame_delay:
+            argv += ["--frame_delay", format_number(options.fake_frame_delay)]
         if options.fake_fail_on_run:
             argv += ["--fail_on_run", str(options.fake_fail_on_run)]
         return Command(argv, ws.work, job.device.env())

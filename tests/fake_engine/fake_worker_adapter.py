@@ -1,0 +1,114 @@
+"""The fake engine's warm-worker adapter (tests only): the behaviours of
+``upstream_inference.py``, whose own parser reads each job's command line,
+served by a long-lived worker.
+
+Its "model" is the checkpoint's sha256, loaded once per worker; its
+"preprocessing" is the face scaled to --size and decoded to raw BGR by the
+``ffmpeg`` on PATH, which the preprocessing cache keeps.
+"""
+
+import hashlib
+import os
+import random
+import subprocess
+import sys
+import time
+
+
+def count_run() -> int:
+    counter = os.environ.get("FAKE_ENGINE_COUNTER")
+    if not counter:
+        return 0
+    n = (int(open(counter).read()) if os.path.exists(counter) else 0) + 1
+    open(counter, "w").write(str(n))
+    return n
+
+
+def trace(what: str) -> None:
+    path = os.environ.get("FAKE_ENGINE_TRACE")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{what} {time.time():.6f} {os.getpid()}\n")
+
+
+class Adapter:
+    def __init__(self, workdir):
+        self.workdir = workdir
+        import inference  # the fake upstream's own module, from the worker's link farm (its parser)
+
+        self.parser = inference.parser
+        self.models = {}  # checkpoint real path -> its sha256 ("the weights")
+
+    def load(self, ctx, path):
+        real = os.path.realpath(path)
+        if real in self.models:
+            ctx.note("models", {"loaded": False})
+            return self.models[real]
+        started = time.monotonic()
+        with open(path, "rb") as f:
+            self.models[real] = hashlib.sha256(f.read()).hexdigest()
+        ctx.note("models", {"loaded": True, "seconds": round(time.monotonic() - started, 3)})
+        return self.models[real]
+
+    def face_frame(self, ctx, args):
+        """The face as one raw BGR frame of --size (cached by the parent when it asks)."""
+        pre = ctx.preprocess
+        cached = os.path.join(pre["dir"], "face.bgr") if pre else None
+        if pre and pre["hit"]:
+            ctx.note("preprocess", {"hit": True})
+            return open(cached, "rb").read()
+        argv = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", args.face, "-frames:v", "1",
+                "-vf", f"scale={args.size}:{args.size}", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"]  # fmt: skip
+        data = subprocess.run(argv, capture_output=True, check=True).stdout
+        if cached:
+            with open(cached, "wb") as f:
+                f.write(data)
+        ctx.note("preprocess", {"hit": False})
+        return data
+
+    def render(self, ctx):
+        args = self.parser.parse_args(ctx.job["argv"])
+        run_number = count_run()
+        trace("start")
+        ctx.seed()
+        print("Using cpu for inference.")
+        print("checkpoint sha256", self.load(ctx, args.checkpoint_path))
+        print("seed", ctx.job.get("seed"))
+        print("first random number", random.random())
+        os.makedirs("temp", exist_ok=True)
+        open("temp/written_by_engine.txt", "w").write("relative writes land in the run's work dir\n")
+        if args.mode == "crash" or (args.fail_on_run and run_number == args.fail_on_run):
+            raise RuntimeError("the fake engine crashed on purpose")
+        if args.mode == "noface":
+            raise ValueError("Face not detected! Ensure the video contains a face in all the frames.")
+        if args.mode == "die":
+            sys.stderr.flush()
+            os._exit(9)
+        if args.mode == "hang":
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+            open(os.environ["FAKE_PIDFILE"], "w").write(f"{os.getpid()} {child.pid}\n")
+            print("hanging", flush=True)
+            time.sleep(3600)
+        if args.mode in ("noout", "empty"):
+            print("done, but wrote nothing")
+            return {}
+        time.sleep(args.sleep)
+        frame = self.face_frame(ctx, args)
+        seconds = (os.path.getsize(args.audio) - 44) / 32000 + args.extra_seconds
+        count = max(1, round(seconds * args.fps))
+        ctx.video(args.size, args.size, args.fps)
+        batch = 8
+        for start in range(0, count, batch):
+            n = min(batch, count - start)
+            if start and args.frame_delay:
+                time.sleep(args.frame_delay)
+            ctx.frames(frame * n)
+            if os.environ.get("FAKE_DIE_AFTER_FRAMES") and start + n >= int(os.environ["FAKE_DIE_AFTER_FRAMES"]):
+                os._exit(9)  # a crash in the middle of the stream
+            ctx.progress("render", start + n, count)
+            print(f"\rRendering: {100 * (start + n) // count}%|", end="", flush=True)
+        print()
+        trace("end")
+        if ctx.job.get("batch_size") is not None:
+            ctx.note("batch_size", {"value": ctx.job["batch_size"], "source": "job"})
+        return {"frames": count}
