@@ -16,8 +16,9 @@ from typing import ClassVar
 #: of types: ``input`` (the user's files or options; exit 2), ``environment``
 #: (this machine, network, cache or dependencies; exit 1, or 2 where the user
 #: chose it, as with --offline), ``engine`` (the upstream run or ffmpeg
-#: failed; exit 1) and ``interrupted`` (Ctrl-C or SIGTERM; exit 130).
-CATEGORIES = ("input", "environment", "engine", "interrupted")
+#: failed; exit 1), ``interrupted`` (Ctrl-C or SIGTERM; exit 130) and ``busy``
+#: (a service's queue is full: come back later; HTTP 429).
+CATEGORIES = ("input", "environment", "engine", "interrupted", "busy")
 
 
 class LipsyncError(Exception):
@@ -185,3 +186,14 @@ def error_dict(exc: BaseException) -> dict[str, str | None]:
     if isinstance(exc, LipsyncError):
         return exc.to_dict()
     return {"type": type(exc).__name__, "message": str(exc)}
+
+
+class QueueFullError(LipsyncError):
+    """A service's job queue is full; the client should retry after ``retry_after`` seconds."""
+
+    category: ClassVar[str] = "busy"
+
+    def __init__(self, message: str, *, retry_after: int = 5, hint: str | None = None):
+        super().__init__(message, hint=hint or f"Try again in {retry_after} s.")
+        self.retry_after = retry_after
+
