@@ -335,7 +335,7 @@ def cached_face_detect(detect, ctx, pre: dict[str, Any]):
     keeps its boxes; a hit cuts the crops from the cached boxes instead."""
     path = os.path.join(pre["dir"], BOXES_FILE)
 
-    def face_detect(images):
+    def through_cache(images):
         if pre.get("hit"):
             boxes = read_boxes(path, images)
             ctx.note("preprocess", {"hit": True, "frames": len(boxes)})
@@ -346,7 +346,7 @@ def cached_face_detect(detect, ctx, pre: dict[str, Any]):
         ctx.note("preprocess", {"hit": False, "frames": len(boxes)})
         return results
 
-    return face_detect
+    return through_cache
 
 
 def write_boxes(path: str, boxes: list[list[int]], images) -> None:
