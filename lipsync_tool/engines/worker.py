@@ -77,11 +77,15 @@ class WorkerProcess:
         self._job_log = None  # the current job's engine.log (a file object)
         self._on_line: Callable[[str], None] | None = None
         self._lock = threading.Lock()
+        #: The ids of jobs whose last log line ("done"/"failed") the pump has written.
+        self._ended: set[int] = set()
+        self._ended_cv = threading.Condition()
         self._log = open(log_path, "ab")
         argv = [python, str(WORKERD / "main.py"), str(engine.worker_adapter), str(workdir)]
         self.proc = spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         self.messages: queue.Queue = queue.Queue()
-        threading.Thread(target=self._pump_stderr, daemon=True).start()
+        self._stderr_pump = threading.Thread(target=self._pump_stderr, daemon=True)
+        self._stderr_pump.start()
         threading.Thread(target=self._pump_messages, daemon=True).start()
 
     @property
@@ -96,6 +100,7 @@ class WorkerProcess:
     def _pump_stderr(self) -> None:
         assert self.proc.stderr is not None
         for raw in self.proc.stderr:
+            ended = _ended_job(raw)
             with self._lock:
                 self._log.write(raw)
                 self._log.flush()
@@ -103,6 +108,10 @@ class WorkerProcess:
                     self._job_log.write(raw)
                     self._job_log.flush()
                 on_line = self._on_line
+            if ended is not None:
+                with self._ended_cv:
+                    self._ended.add(ended)
+                    self._ended_cv.notify_all()
             if on_line is not None:
                 for line in raw.decode("utf-8", "replace").replace("\r", "\n").splitlines():
                     if line.strip():
@@ -115,6 +124,15 @@ class WorkerProcess:
                 self.messages.put(protocol.read_message(self.proc.stdout))
         except (EOFError, protocol.ProtocolError, OSError, ValueError) as exc:
             self.messages.put(({"type": "eof", "reason": str(exc)}, None))
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """After the child ended: until its last log lines are written."""
+        self._stderr_pump.join(timeout)
+
+    def wait_logged(self, job_id: int, timeout: float = 10.0) -> None:
+        """Until the job's last log line is in the log (the log and the channel are separate pipes)."""
+        with self._ended_cv:
+            self._ended_cv.wait_for(lambda: job_id in self._ended, timeout=timeout)
 
     def next_message(self, deadline: float) -> tuple[dict[str, Any], bytes | None]:
         left = deadline - time.monotonic()
@@ -367,6 +385,7 @@ class WorkerRunner(EngineRunner):
             sink.abort()
             worker.kill()  # Ctrl-C or a failed sink: this job's state in the worker is unknown
             raise
+        worker.wait_logged(int(request["id"]))
         if message.get("type") == "error":
             sink.abort()
             worker.failed_jobs += 1
@@ -465,6 +484,7 @@ def _died(engine: Engine, worker: WorkerProcess, ws, log_path: Path, offset: int
     except subprocess.TimeoutExpired:
         worker.kill()
         rc = worker.proc.returncode
+    worker.drain()
     text = read_log(log_path, offset)
     translated = engine.translate_error(text, rc if rc is not None else 1, ws)
     if translated is not None:
@@ -475,6 +495,17 @@ def _died(engine: Engine, worker: WorkerProcess, ws, log_path: Path, offset: int
         log_tail=tail_lines(read_log(worker.log_path), 15),
         hint=f"The worker's log is {worker.log_path}.",
     )
+
+
+def _ended_job(raw: bytes) -> int | None:
+    """The job id of a ``<END_MARK> <id> done: …`` or ``… failed`` log line."""
+    mark = protocol.END_MARK.encode()
+    if not raw.startswith(mark):
+        return None
+    words = raw[len(mark) :].split()
+    if len(words) >= 2 and words[1].rstrip(b":") in (b"done", b"failed") and words[0].isdigit():
+        return int(words[0])
+    return None
 
 
 def _slot(engine: Engine, env: dict[str, str]) -> str:

@@ -129,13 +129,14 @@ def serve(channel: Channel, adapter, stdin) -> None:
         job_id = int(request.get("id", 0))
         ctx = JobContext(channel, job_id, request.get("job", {}))
         started = time.monotonic()
-        print(f"[lipsync-tool worker] job {job_id} starts", flush=True)
+        print(f"{protocol.END_MARK} {job_id} starts", flush=True)
         try:
             os.chdir(ctx.job.get("cwd") or adapter.workdir)
             info = adapter.render(ctx) or {}
         except BaseException as exc:
             traceback.print_exc()
-            sys.stderr.flush()
+            # The last line of the job in the log: the parent reads the log up to it before it translates the error.
+            print(f"{protocol.END_MARK} {job_id} failed", flush=True)
             channel.send({"type": "error", "id": job_id, "error": type(exc).__name__, "message": str(exc), "kind": getattr(exc, "kind", "error")})
             if isinstance(exc, (KeyboardInterrupt, SystemExit, MemoryError)):
                 raise
@@ -143,7 +144,7 @@ def serve(channel: Channel, adapter, stdin) -> None:
         finally:
             os.chdir(adapter.workdir)
         seconds = round(time.monotonic() - started, 3)
-        print(f"[lipsync-tool worker] job {job_id} done: {ctx.frames_sent} frames in {seconds} s", flush=True)
+        print(f"{protocol.END_MARK} {job_id} done: {ctx.frames_sent} frames in {seconds} s", flush=True)
         channel.send({"type": "done", "id": job_id, "frames": ctx.frames_sent, "seconds": seconds, "info": {**ctx.info, **info}})
 
 

@@ -29,6 +29,10 @@ from typing import Any, BinaryIO
 
 #: Bumped when a message changes meaning; the child says it in "ready".
 VERSION = 1
+#: The child's log lines ``<END_MARK> <id> starts``, ``… done: …`` and ``… failed``
+#: frame each job in the log.  The log and the channel are two pipes, so the
+#: parent waits for a job's last line before it reads the job's log.
+END_MARK = "[lipsync-tool worker] job"
 
 
 def encode(message: dict[str, Any]) -> bytes:
