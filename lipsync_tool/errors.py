@@ -16,9 +16,11 @@ from typing import ClassVar
 #: of types: ``input`` (the user's files or options; exit 2), ``environment``
 #: (this machine, network, cache or dependencies; exit 1, or 2 where the user
 #: chose it, as with --offline), ``engine`` (the upstream run or ffmpeg
-#: failed; exit 1), ``interrupted`` (Ctrl-C or SIGTERM; exit 130) and ``busy``
-#: (a service's queue is full: come back later; HTTP 429).
-CATEGORIES = ("input", "environment", "engine", "interrupted", "busy")
+#: failed; exit 1), ``interrupted`` (Ctrl-C or SIGTERM; exit 130), ``busy``
+#: (a service's queue is full: come back later; HTTP 429), ``forbidden`` (a
+#: service's client named a path outside its root; HTTP 403; exit 2) and
+#: ``cancelled`` (a service's client cancelled the job; exit 130).
+CATEGORIES = ("input", "environment", "engine", "interrupted", "busy", "forbidden", "cancelled")
 
 
 class LipsyncError(Exception):
@@ -60,6 +62,12 @@ class InputError(LipsyncError):
 
     category: ClassVar[str] = "input"
     exit_code: ClassVar[int] = 2
+
+
+class ForbiddenPathError(InputError):
+    """A path that a service's client named leaves the service's root."""
+
+    category: ClassVar[str] = "forbidden"
 
 
 class FaceNotFoundError(InputError):
@@ -166,6 +174,14 @@ class Interrupted(LipsyncError):
     """The run was interrupted (Ctrl-C or SIGTERM)."""
 
     category: ClassVar[str] = "interrupted"
+    exit_code: ClassVar[int] = 130
+
+
+class Cancelled(LipsyncError):
+    """A job its client cancelled (a service's ``DELETE``): it ends that job
+    alone, where :class:`Interrupted` ends the whole run."""
+
+    category: ClassVar[str] = "cancelled"
     exit_code: ClassVar[int] = 130
 
 

@@ -60,13 +60,63 @@ _LIVE: set[subprocess.Popen] = set()
 _LIVE_LOCK = threading.Lock()
 
 
+class CancelScope:
+    """The processes of one job, so that the job alone can be stopped (a
+    service's ``DELETE``): :func:`spawn` adds what it starts on a thread inside
+    ``with scope:``; :meth:`cancel` kills them and every one started later."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._procs: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+
+    def adopt(self, proc: subprocess.Popen) -> None:
+        """Count *proc* as this job's (killed on cancel, also when already cancelled)."""
+        with self._lock:
+            self._procs.add(proc)
+            cancelled = self.cancelled
+        if cancelled:
+            kill_group(proc, grace=1.0)
+
+    def release(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            procs = list(self._procs)
+        for proc in procs:
+            kill_group(proc, grace=1.0)
+
+    def __enter__(self) -> CancelScope:
+        _SCOPE.stack = [*getattr(_SCOPE, "stack", []), self]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _SCOPE.stack = getattr(_SCOPE, "stack", [])[:-1]
+
+
+_SCOPE = threading.local()
+
+
+def current_scope() -> CancelScope | None:
+    """The :class:`CancelScope` this thread works in, if any."""
+    stack = getattr(_SCOPE, "stack", None)
+    return stack[-1] if stack else None
+
+
 def spawn(argv: Sequence[str], **kwargs) -> subprocess.Popen:
     """Start *argv* in its own process group, tied to this process's life, and
-    remember it until :func:`forget` (see :func:`kill_all_live`)."""
+    remember it until :func:`forget` (see :func:`kill_all_live`, and
+    :class:`CancelScope`)."""
     kwargs.setdefault("stdin", subprocess.DEVNULL)
     proc = subprocess.Popen(tied_to_parent(argv), start_new_session=True, **kwargs)
     with _LIVE_LOCK:
         _LIVE.add(proc)
+    scope = current_scope()
+    if scope is not None:
+        scope.adopt(proc)
     return proc
 
 

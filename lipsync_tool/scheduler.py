@@ -20,6 +20,10 @@ upscale and publish).  :class:`Scheduler` runs many jobs through them:
   reported interrupted, and the interrupt re-raised.
 * When :meth:`Scheduler.run` ends, a job that never got to run is reported
   ``not_run``, with why.
+* Instead of a list, :meth:`Scheduler.run` takes a :class:`JobSource`: jobs
+  that arrive while it runs (a service's queue).  Its lanes are fixed; each
+  takes its next job from the source, waiting for one, until the source
+  closes.
 
 Each job's events, in order: ``started`` → ``stage`` (render) → ``stage``
 (finish) → ``finished``; or ``failed`` / ``interrupted`` at any step; or only
@@ -59,6 +63,17 @@ class Work(Protocol):
 
     def discard(self, item: Any, state: Any) -> None:
         """Give back what a started job holds, when it will never render."""
+
+
+class JobSource(Protocol):
+    """Jobs that arrive over time, for a long-lived :meth:`Scheduler.run`."""
+
+    def lanes(self) -> list[Hashable]:
+        """The devices, one lane each (fixed for the run)."""
+
+    def take(self, device: Hashable, *, wait: bool) -> Any:
+        """The next job for *device*'s lane, or None: none now (``wait=False``),
+        or the source is closed (``wait=True`` blocks until one of the two)."""
 
 
 class RunWork:
@@ -107,6 +122,16 @@ class _Lane:
     hand: tuple[Any, Any, str] | None = None
     #: What ended a lane thread (re-raised by :meth:`Scheduler.run`).
     error: BaseException | None = None
+    #: Where jobs come from after ``pending`` (a service's queue), if anywhere.
+    source: JobSource | None = None
+
+    def next_pending(self, *, wait: bool) -> Any:
+        """The next job not yet started (None: none)."""
+        if self.pending:
+            return self.pending.popleft()
+        if self.source is not None:
+            return self.source.take(self.device, wait=wait)
+        return None
 
 
 def _kill_children() -> None:
@@ -166,8 +191,9 @@ class Scheduler:
 
     # -- the run ------------------------------------------------------------------------------
 
-    def run(self, items: Iterable[Any]) -> None:
-        """Run *items*; every one ends with an event.  Re-raises a Ctrl-C once reported."""
+    def run(self, items: Iterable[Any] | JobSource) -> None:
+        """Run *items* (or what a :class:`JobSource` gives until it closes);
+        every one ends with an event.  Re-raises a Ctrl-C once reported."""
         lanes = self._lanes(items)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="scheduler-cpu") if self.workers else None
         threads = [threading.Thread(target=self._drive_thread, args=(lane,), name=f"scheduler-lane-{lane.device}", daemon=True) for lane in lanes[1:]]
@@ -199,9 +225,12 @@ class Scheduler:
             for lane in lanes:
                 self._drop(lane)
 
-    def _lanes(self, items: Iterable[Any]) -> list[_Lane]:
+    def _lanes(self, items: Iterable[Any] | JobSource) -> list[_Lane]:
+        if hasattr(items, "take"):
+            source: JobSource = items  # type: ignore[assignment]
+            return [_Lane(device, source=source) for device in source.lanes()]
         lanes: dict[Hashable, _Lane] = {}
-        for item in items:
+        for item in items:  # type: ignore[union-attr]
             key = self._device(item)
             lanes.setdefault(key, _Lane(key)).pending.append(item)
         return list(lanes.values())
@@ -240,8 +269,10 @@ class Scheduler:
 
     def _top_up(self, lane: _Lane) -> None:
         """Start the lane's next jobs on the pool, up to one per pool thread."""
-        while self._pool and not self._stopped and len(lane.staged) < self.workers and lane.pending:
-            item = lane.pending.popleft()
+        while self._pool and not self._stopped and len(lane.staged) < self.workers:
+            item = lane.next_pending(wait=False)
+            if item is None:
+                break
             lane.staged.append((item, self._pool.submit(self._start, item)))
 
     def _take(self, lane: _Lane) -> tuple[Any, Any, BaseException | None] | None:
@@ -251,9 +282,9 @@ class Scheduler:
             state, exc = future.result()  # still staged while it waits: a Ctrl-C here leaves it to _drop()
             lane.staged.popleft()
             return item, state, exc
-        if not lane.pending:
+        item = lane.next_pending(wait=True)
+        if item is None:
             return None
-        item = lane.pending.popleft()
         lane.hand = (item, None, "start")
         state, exc = self._start(item)
         lane.hand = None
@@ -336,4 +367,4 @@ class Scheduler:
         lane.pending.clear()
 
 
-__all__ = ["Event", "RunWork", "Scheduler", "Work"]
+__all__ = ["Event", "JobSource", "RunWork", "Scheduler", "Work"]

@@ -282,3 +282,9 @@ def spec_for(data: bytes, *urls: str, name: str = "model.pth"):
     from lipsync_tool.engines.base import CheckpointSpec
 
     return CheckpointSpec(name=name, urls=tuple(urls), size=len(data), sha256=hashlib.sha256(data).hexdigest(), dest=f"checkpoints/{name}")
+
+
+# -- the service ----------------------------------------------------------------------------------
+
+# A real `lipsync-tool serve` on a loopback port (tests/serve_harness.py): fixtures `serve_env`, `server`.
+from serve_harness import serve_env, server  # noqa: E402,F401

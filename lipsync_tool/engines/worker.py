@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import EngineError, EngineTimeoutError, UsageError
+from ..process import current_scope
 from .base import Command, Engine, EngineRunner, Job, Workspace, tail_lines
 from .runner import read_log
 from .worker_process import WorkerDied, WorkerProcess
@@ -204,10 +205,15 @@ class WorkerRunner(EngineRunner):
                     **(extra or {}),
                 },
             }
+            scope = current_scope()  # a service's cancel of this job stops this worker
+            if scope is not None:
+                scope.adopt(worker.proc)
             try:
                 result = self._exchange(engine, worker, request, sink, deadline, timeout, ws, log_path, offset)
             finally:
                 worker.attach(None, None)
+                if scope is not None:
+                    scope.release(worker.proc)
             result.worker = {"pid": worker.pid, "log": str(worker.log_path), "job": worker.jobs, "started_for_this_job": fresh}
             return result
 

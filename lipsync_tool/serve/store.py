@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     state TEXT NOT NULL,
     request TEXT NOT NULL,
     dedupe_key TEXT,
+    lane TEXT NOT NULL DEFAULT '',
+    stage TEXT,
     created REAL NOT NULL,
     updated REAL NOT NULL,
     started REAL,
@@ -53,7 +55,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     files TEXT NOT NULL DEFAULT '[]'
 );
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, lane, created);
 CREATE INDEX IF NOT EXISTS jobs_dedupe ON jobs (dedupe_key, state);
 """
 
@@ -74,11 +76,13 @@ class StoredJob:
     error: dict[str, Any] | None = None
     files: list[str] = field(default_factory=list)
     dedupe_key: str | None = None
+    lane: str = ""
+    stage: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The job as the API shows it."""
         out = {"id": self.id, "state": self.state, "progress": round(self.progress, 4), "created": self.created, "updated": self.updated}
-        for name in ("started", "finished", "result", "error"):
+        for name in ("stage", "started", "finished", "result", "error"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         if self.recoveries:
@@ -102,7 +106,14 @@ def _row(row: sqlite3.Row) -> StoredJob:
         error=json.loads(row["error"]) if row["error"] else None,
         files=json.loads(row["files"]),
         dedupe_key=row["dedupe_key"],
+        lane=row["lane"],
+        stage=row["stage"],
     )
+
+
+def new_id() -> str:
+    """A job id: 32 hex digits, random."""
+    return uuid.uuid4().hex
 
 
 class JobStore:
@@ -148,9 +159,12 @@ class JobStore:
 
     # -- submitting and reading ------------------------------------------------------------------
 
-    def submit(self, request: dict[str, Any], *, max_queue: int, dedupe_key: str | None = None, retry_after: int = 5) -> tuple[StoredJob, bool]:
-        """Queue *request*: (the job, whether it is new).  An active job with
-        the same *dedupe_key* is returned instead; a full queue raises QueueFullError."""
+    def submit(
+        self, request: dict[str, Any], *, max_queue: int, dedupe_key: str | None = None, retry_after: int = 5, job_id: str | None = None, lane: str = ""
+    ) -> tuple[StoredJob, bool]:
+        """Queue *request* for *lane*: (the job, whether it is new).  An active
+        job with the same *dedupe_key* is returned instead; a full queue raises
+        QueueFullError."""
         now = self._clock()
         with self._tx() as db:
             if dedupe_key is not None:
@@ -160,10 +174,10 @@ class JobStore:
             waiting = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
             if waiting >= max_queue:
                 raise QueueFullError(f"the queue is full ({waiting} jobs waiting)", retry_after=retry_after)
-            job_id = uuid.uuid4().hex
+            job_id = job_id or new_id()
             db.execute(
-                "INSERT INTO jobs (id, state, request, dedupe_key, created, updated) VALUES (?, 'queued', ?, ?, ?, ?)",
-                (job_id, json.dumps(request, sort_keys=True, default=str), dedupe_key, now, now),
+                "INSERT INTO jobs (id, state, request, dedupe_key, lane, created, updated) VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+                (job_id, json.dumps(request, sort_keys=True, default=str), dedupe_key, lane, now, now),
             )
             return _row(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()), True
 
@@ -187,19 +201,31 @@ class JobStore:
 
     # -- the worker's side -----------------------------------------------------------------------
 
-    def claim(self) -> StoredJob | None:
-        """The oldest queued job, now running (None when nothing waits)."""
+    def claim(self, lane: str | None = None) -> StoredJob | None:
+        """The oldest queued job (of *lane*), now running (None when nothing waits)."""
         now = self._clock()
         with self._tx() as db:
-            row = db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY created, rowid LIMIT 1").fetchone()
+            if lane is None:
+                row = db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY created, rowid LIMIT 1").fetchone()
+            else:
+                row = db.execute("SELECT id FROM jobs WHERE state = 'queued' AND lane = ? ORDER BY created, rowid LIMIT 1", (lane,)).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE jobs SET state = 'running', started = ?, updated = ?, attempts = attempts + 1, progress = 0 WHERE id = ?", (now, now, row["id"]))
             return _row(db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
 
-    def progress(self, job_id: str, fraction: float) -> None:
+    def progress(self, job_id: str, fraction: float, stage: str | None = None) -> None:
         with self._tx() as db:
-            db.execute("UPDATE jobs SET progress = ?, updated = ? WHERE id = ? AND state = 'running'", (max(0.0, min(1.0, fraction)), self._clock(), job_id))
+            db.execute(
+                "UPDATE jobs SET progress = ?, stage = COALESCE(?, stage), updated = ? WHERE id = ? AND state = 'running'",
+                (max(0.0, min(1.0, fraction)), stage, self._clock(), job_id),
+            )
+
+    def requeue(self, job_id: str) -> bool:
+        """A running job back in the queue, as it was (the server stops in good order)."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE jobs SET state = 'queued', progress = 0, stage = NULL, updated = ? WHERE id = ? AND state = 'running'", (self._clock(), job_id))
+            return cur.rowcount == 1
 
     def add_files(self, job_id: str, paths: list[str]) -> None:
         """Files the job made (deleted with it when it expires or is cancelled)."""
