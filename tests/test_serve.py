@@ -232,23 +232,25 @@ def test_a_full_queue_answers_429_with_retry_after(serve_env, tmp_path, media):
 
 def test_sigkill_mid_job_then_restart_finishes_it_under_its_id(serve_env, tmp_path, media):
     srv = make_server(serve_env, tmp_path).start()
-    put_inputs(srv.root, media, seconds=4.0)
-    with srv.client() as c:
-        job_id = c.post("/v1/jobs", json={"image": "face.jpg", "audio": "speech.wav", "output": "r.mp4", "hls": "r-hls", "hls_segment_seconds": 1, "fake_frame_delay": 0.3}).json()["id"]
-        queued_id = c.post("/v1/jobs", json={"image": "face.jpg", "audio": "speech.wav", "output": "q.mp4"}).json()["id"]
-    srv.wait_state(job_id, states=("running",))
-    wait_for(lambda: ".ts" in ((srv.root / "r-hls" / "index.m3u8").read_text() if (srv.root / "r-hls" / "index.m3u8").exists() else ""), 120, "a segment")
-    children = descendants(srv.proc.pid)
-    srv.kill(signal.SIGKILL)
-    wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in children), 30, "the killed server's children to go")
-    srv.start()
-    job = srv.wait_state(job_id)
-    assert job["state"] == "done" and job["id"] == job_id and job["recoveries"] == 1
-    assert srv.wait_state(queued_id)["state"] == "done"
-    assert (srv.root / "r.mp4").is_file() and (srv.root / "q.mp4").is_file()
-    assert "#EXT-X-ENDLIST" in (srv.root / "r-hls" / "index.m3u8").read_text()
-    assert not list(srv.root.glob(".*.partial*"))  # the killed attempt's half-written MP4 went at the restart
-    srv.stop()
+    try:
+        put_inputs(srv.root, media, seconds=4.0)
+        with srv.client() as c:
+            job_id = c.post("/v1/jobs", json={"image": "face.jpg", "audio": "speech.wav", "output": "r.mp4", "hls": "r-hls", "hls_segment_seconds": 1, "fake_frame_delay": 0.3}).json()["id"]
+            queued_id = c.post("/v1/jobs", json={"image": "face.jpg", "audio": "speech.wav", "output": "q.mp4"}).json()["id"]
+        srv.wait_state(job_id, states=("running",))
+        wait_for(lambda: ".ts" in ((srv.root / "r-hls" / "index.m3u8").read_text() if (srv.root / "r-hls" / "index.m3u8").exists() else ""), 120, "a segment")
+        children = descendants(srv.proc.pid)
+        srv.kill(signal.SIGKILL)
+        wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in children), 30, "the killed server's children to go")
+        srv.start()
+        job = srv.wait_state(job_id)
+        assert job["state"] == "done" and job["id"] == job_id and job["recoveries"] == 1
+        assert srv.wait_state(queued_id)["state"] == "done"
+        assert (srv.root / "r.mp4").is_file() and (srv.root / "q.mp4").is_file()
+        assert "#EXT-X-ENDLIST" in (srv.root / "r-hls" / "index.m3u8").read_text()
+        assert not list(srv.root.glob(".*.partial*"))  # the killed attempt's half-written MP4 went at the restart
+    finally:
+        srv.stop()
 
 
 def test_cancel_a_running_job_stops_its_engine_and_removes_its_files(server: Server, media):
@@ -271,15 +273,28 @@ def test_cancel_a_running_job_stops_its_engine_and_removes_its_files(server: Ser
         assert server.wait_state(nxt)["state"] == "done"
 
 
-def test_cancel_a_queued_job(server: Server, media):
-    put_inputs(server.root, media, seconds=3.0)
+def test_cancel_waiting_jobs_without_waiting_for_the_lane(server: Server, media, tmp_path):
+    """B is staged ahead on the CPU thread while A renders, C is still queued:
+    both cancel at once, while A goes on."""
+    put_inputs(server.root, media, seconds=4.0)
     with server.client() as c:
-        first = c.post("/v1/jobs", json={"image": "face.jpg", "audio": "speech.wav", "output": "1.mp4", "fake_frame_delay": 0.3}).json()["id"]
-        second = c.post("/v1/jobs", json={"image": "face.jpg", "audio": "speech.wav", "output": "2.mp4"}).json()["id"]
-        assert c.delete(f"/v1/jobs/{second}").json()["state"] == "cancelled"
-        assert server.wait_state(first)["state"] == "done"
+        a = c.post("/v1/jobs", json={"image": "face.jpg", "audio": "speech.wav", "output": "a.mp4", "fake_frame_delay": 0.4}).json()["id"]
+        server.wait_state(a, states=("running",))
+        b = c.post("/v1/jobs", json={"image": "face.jpg", "audio": "speech.wav", "output": "b.mp4", "hls": True}).json()["id"]
+        wait_for(lambda: c.get(f"/v1/jobs/{b}").json()["state"] == "running", 60, "B to be staged")
+        cq = c.post("/v1/jobs", json={"image": "face.jpg", "audio": "speech.wav", "output": "c.mp4"}).json()["id"]
+        assert c.get(f"/v1/jobs/{cq}").json()["state"] == "queued"
+        for job_id in (cq, b):
+            assert c.delete(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"
+        assert c.get(f"/v1/jobs/{a}").json()["state"] == "running"  # the DELETEs did not wait for A
+        assert not (server.root / "jobs" / b).exists()
+        assert server.wait_state(a)["state"] == "done"
         time.sleep(1)
-        assert c.get(f"/v1/jobs/{second}").json()["state"] == "cancelled" and not (server.root / "2.mp4").exists()
+        for job_id in (b, cq):
+            assert c.get(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"
+        assert not (server.root / "b.mp4").exists() and not (server.root / "c.mp4").exists() and not (server.root / "jobs" / b).exists()
+        # No run's temp dir is left (the server's TMPDIR is tmp_path); the warm worker's home stays.
+        assert [p.name for p in tmp_path.glob("lipsync-*") if not p.name.startswith("lipsync-tool-workers-")] == []
         assert c.delete("/v1/jobs/nosuchjob").status_code == 404
 
 

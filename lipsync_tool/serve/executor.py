@@ -48,6 +48,8 @@ class ActiveJob:
     scope: CancelScope = field(default_factory=CancelScope)
     ended: threading.Event = field(default_factory=threading.Event)
     pipeline: Any = None
+    #: Where the scheduler has it: "start", "staged" (waiting for its lane), "render", "finish".
+    phase: str = "start"
     stage: str = "validate"
     last_write: float = 0.0
 
@@ -176,7 +178,9 @@ class Executor(RunWork):
             return None
         if active is not None:
             active.scope.cancel()
-            if not active.ended.wait(wait):
+            if active.phase == "staged":  # waiting for its lane, which will drop it: nothing of it runs
+                self._remove_owned(active.spec.owned)
+            elif not active.ended.wait(wait):
                 log.warning("job %s did not stop within %.0f s of its cancel", job_id, wait)
         else:
             stored = self.store.get(job_id)
@@ -227,14 +231,20 @@ class Executor(RunWork):
             self._resources.setdefault(spec.engine, pipeline.resources)
             if pipeline.device_decision is not None:
                 self._devices.setdefault(key, pipeline.device_decision)
+            job.phase = "staged"
             return run
 
     def render(self, job: ActiveJob, run) -> None:
         with job.scope:
+            if job.scope.cancelled:  # cancelled while it waited for the lane
+                run.discard()
+                raise Cancelled("cancelled")
+            job.phase = "render"
             run.render()
 
     def finish(self, job: ActiveJob, run) -> dict[str, Any]:
         with job.scope:
+            job.phase = "finish"
             result = run.finish()
         return {
             "output": self.root.relative(result.output) if result.output else None,
