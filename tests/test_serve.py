@@ -310,3 +310,19 @@ def test_finished_jobs_expire_with_their_files(serve_env, tmp_path, media):
         assert not (srv.root / "jobs" / job_id).exists() and (srv.root / "face.jpg").is_file()
     finally:
         srv.stop()
+
+
+def test_a_job_queued_for_a_lane_the_restarted_server_lacks_fails_with_why(serve_env, tmp_path):
+    from lipsync_tool.serve.store import JobStore
+
+    srv = make_server(serve_env, tmp_path)
+    store = JobStore(srv.db)
+    job, _ = store.submit({"engine": "fake"}, max_queue=5, lane="cuda:3")
+    store.close()
+    srv.start()
+    try:
+        with srv.client() as c:
+            got = c.get(f"/v1/jobs/{job.id}").json()
+        assert got["state"] == "failed" and "cuda:3" in got["error"]["message"] and got["error"]["code"] == "input"
+    finally:
+        srv.stop()

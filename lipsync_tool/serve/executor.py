@@ -131,6 +131,10 @@ class Executor(RunWork):
             stored = self.store.get(job_id)
             if stored is not None:
                 reset_outputs(JobSpec.from_request(job_id, stored.request, stored.dedupe_key))
+        for stored in self.store.jobs("queued"):  # queued for a device this server no longer runs on
+            if stored.lane not in self.defaults.lanes:
+                message = f"it was queued for device {stored.lane}, and this server now runs on {', '.join(self.defaults.lanes)}"
+                self.store.fail(stored.id, {"type": "UsageError", "category": "input", "message": message, "subject": "device", "hint": "Submit it again."})
         self._thread = threading.Thread(target=self.scheduler.run, args=(self,), name="serve-scheduler", daemon=True)
         self._thread.start()
         self._janitor = threading.Thread(target=self._expire_loop, name="serve-expire", daemon=True)
