@@ -326,3 +326,18 @@ def test_a_job_queued_for_a_lane_the_restarted_server_lacks_fails_with_why(serve
         assert got["state"] == "failed" and "cuda:3" in got["error"]["message"] and got["error"]["code"] == "input"
     finally:
         srv.stop()
+
+
+def test_cancel_with_the_subprocess_runner_stops_upstreams_cli(serve_env, tmp_path, media):
+    srv = make_server(serve_env, tmp_path, extra=["--runner", "subprocess"]).start()
+    try:
+        put_inputs(srv.root, media)
+        with srv.client() as c:
+            job_id = c.post("/v1/jobs", json={"image": "face.jpg", "audio": "speech.wav", "fake_sleep": 60}).json()["id"]
+            wait_for(lambda: c.get(f"/v1/jobs/{job_id}").json().get("stage") == "engine", 60, "the engine stage")
+            wait_for(lambda: bool(descendants(srv.proc.pid)), 30, "upstream's CLI")
+            assert c.delete(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"
+            wait_for(lambda: not descendants(srv.proc.pid), 30, "no process left under the server")
+            assert not (srv.root / "jobs" / job_id).exists()
+    finally:
+        srv.stop()
