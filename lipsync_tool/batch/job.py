@@ -4,14 +4,12 @@ show a batch's progress.  Plain data; :mod:`.plan` makes the jobs and
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from ..config import RunOptions, Settings
-
-if TYPE_CHECKING:
-    from .run import JobResult
 
 #: Run options that do not change the result, so a changed value does not
 #: make a finished job run again.  ``seed`` is compared only when set.
@@ -91,6 +89,66 @@ def default_output(image: Path, audio: Path, out_dir: Path) -> Path:
 def result_options(options: dict[str, Any]) -> dict[str, Any]:
     """The run options that define the output (see :data:`VOLATILE_OPTIONS`)."""
     return {k: v for k, v in options.items() if k in RunOptions.model_fields and k not in VOLATILE_OPTIONS}
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+@dataclass
+class JobResult:
+    job: BatchJob
+    status: Status
+    error: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+    output_info: dict[str, Any] | None = None
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        j = self.job
+        return {
+            "job": j.index,
+            "line": j.line,
+            "name": j.name,
+            "engine": j.engine,
+            "image": str(j.image),
+            "audio": str(j.audio),
+            "output": str(j.output),
+            "report": str(j.report_path),
+            "status": self.status,
+            "note": self.note or None,
+            "error": self.error,
+            "timings": self.timings,
+            "wall_s": round(self.wall_s, 3),
+            "output_info": self.output_info,
+        }
+
+
+
+def media_summary(media: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A published video's summary for the batch report (from its run report's ``output.media``)."""
+    if not media:
+        return None
+    v = media.get("video") or {}
+    a = media.get("audio") or {}
+    path = media.get("path")
+    size = None
+    if path:
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            pass
+    return {
+        "path": path,
+        "width": v.get("width"),
+        "height": v.get("height"),
+        "fps": v.get("fps"),
+        "duration": v.get("duration") or media.get("duration"),
+        "video_codec": v.get("codec"),
+        "audio_codec": a.get("codec"),
+        "size_bytes": size,
+    }
+
 
 
 # -- shared resources -------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,41 +22,11 @@ from typing import Any
 from ..errors import Interrupted, LipsyncError, UsageError, error_dict
 from ..scheduler import Event, Scheduler
 from ..targets import write_text_file
-from .job import REPORT_FILE, BatchJob, BatchObserver, Status
+from .job import REPORT_FILE, BatchJob, BatchObserver, JobResult, media_summary
 from .plan import BatchPlan, load_report
 
 log = logging.getLogger(__name__)
 
-
-
-@dataclass
-class JobResult:
-    job: BatchJob
-    status: Status
-    error: dict[str, Any] | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    wall_s: float = 0.0
-    output_info: dict[str, Any] | None = None
-    note: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        j = self.job
-        return {
-            "job": j.index,
-            "line": j.line,
-            "name": j.name,
-            "engine": j.engine,
-            "image": str(j.image),
-            "audio": str(j.audio),
-            "output": str(j.output),
-            "report": str(j.report_path),
-            "status": self.status,
-            "note": self.note or None,
-            "error": self.error,
-            "timings": self.timings,
-            "wall_s": round(self.wall_s, 3),
-            "output_info": self.output_info,
-        }
 
 
 @dataclass
@@ -74,30 +43,6 @@ class BatchResult:
     @property
     def exit_code(self) -> int:
         return 0 if all(r.status in ("ok", "skipped") for r in self.results) else 1
-
-
-def _media_summary(media: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not media:
-        return None
-    v = media.get("video") or {}
-    a = media.get("audio") or {}
-    path = media.get("path")
-    size = None
-    if path:
-        try:
-            size = os.path.getsize(path)
-        except OSError:
-            pass
-    return {
-        "path": path,
-        "width": v.get("width"),
-        "height": v.get("height"),
-        "fps": v.get("fps"),
-        "duration": v.get("duration") or media.get("duration"),
-        "video_codec": v.get("codec"),
-        "audio_codec": a.get("codec"),
-        "size_bytes": size,
-    }
 
 
 def _error_info(exc: BaseException, failure=None) -> dict[str, Any]:
@@ -221,7 +166,7 @@ class BatchWork:
     def finish(self, job: BatchJob, run) -> JobResult:
         result = run.finish()
         self._pipelines.pop(job.index, None)
-        return JobResult(job, "ok", None, dict(result.report.get("timings") or {}), self.elapsed(job), _media_summary(result.report["output"].get("media")))
+        return JobResult(job, "ok", None, dict(result.report.get("timings") or {}), self.elapsed(job), media_summary(result.report["output"].get("media")))
 
     def discard(self, job: BatchJob, run) -> None:
         run.discard()
@@ -261,7 +206,9 @@ class BatchWork:
         scheduler.run([j for j in todo if j.index not in self.results])
 
 
-def run_batch(plan: BatchPlan, *, jobs: int = 1, fail_fast: bool = False, observer: BatchObserver | None = None) -> BatchResult:
+def run_batch(
+    plan: BatchPlan, *, jobs: int = 1, fail_fast: bool = False, observer: BatchObserver | None = None, executor: str = "local", ray_address: str | None = None
+) -> BatchResult:
     """Run *plan*: skipped jobs are recorded, the others run (see the module doc).
 
     Writes ``<out_dir>/batch_report.jsonl`` after every job (one line per job,
@@ -270,19 +217,30 @@ def run_batch(plan: BatchPlan, *, jobs: int = 1, fail_fast: bool = False, observ
     """
     if jobs < 1:
         raise UsageError(f"must be at least 1, not {jobs}", subject="--jobs")
+    if executor not in ("local", "ray"):
+        raise UsageError(f"must be local or ray, not {executor!r}", subject="--executor")
+    if executor == "ray":
+        from .ray_run import check_ray_jobs
+
+        check_ray_jobs(plan.to_run)
     obs = observer or BatchObserver()
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     work = BatchWork(plan, fail_fast=fail_fast, obs=obs, report_path=plan.out_dir / REPORT_FILE)
     started = time.monotonic()
     for job in plan.to_skip:
         old = load_report(job.report_path) or {}
-        work.results[job.index] = JobResult(job, "skipped", note=job.decision.reason, output_info=_media_summary((old.get("output") or {}).get("media")))
+        work.results[job.index] = JobResult(job, "skipped", note=job.decision.reason, output_info=media_summary((old.get("output") or {}).get("media")))
     work.write_report()
     todo = plan.to_run
     obs.started(len(todo), len(plan.to_skip))
     try:
         work.prepare(todo)
-        work.run(todo, jobs=jobs)
+        if executor == "ray":
+            from .ray_run import run_on_ray
+
+            run_on_ray(work, [j for j in todo if j.index not in work.results], address=ray_address)
+        else:
+            work.run(todo, jobs=jobs)
     except KeyboardInterrupt:
         raise Interrupted("interrupted") from None
     finally:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ..errors import UsageError
 from .console import ConsoleBatchObserver, ConsoleObserver, format_seconds, guard, out, setup_logging, table
 from .options import EngineParams, command_with, common_parameters, defaults_of, drop, given, pick
 
@@ -63,6 +64,8 @@ def _batch_parameters() -> list[inspect.Parameter]:
         P("force", K, default=False, annotation=Annotated[bool, typer.Option("--force", help="Run jobs again even when their output and report say they are done.", rich_help_panel=BATCH)]),
         P("fail_fast", K, default=False, annotation=Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed job (by default the batch goes on).", rich_help_panel=BATCH)]),
         P("validate_only", K, default=False, annotation=Annotated[bool, typer.Option("--validate-only", help="Check the whole manifest (files, options, outputs) and say what would run; run nothing.", rich_help_panel=BATCH)]),
+        P("executor", K, default="local", annotation=Annotated[str, typer.Option("--executor", help="local (this machine) or ray (one actor per GPU of a Ray cluster; the ray extra).", rich_help_panel=BATCH)]),
+        P("ray_address", K, default=None, annotation=Annotated[Optional[str], typer.Option("--ray-address", help="With --executor ray: auto or ray://HOST:PORT joins a cluster (default: a local Ray for this command).", rich_help_panel=BATCH)]),
     ]
 
 
@@ -85,6 +88,11 @@ def do_batch(values: dict[str, Any], defaults: dict[str, Any]) -> int:
     setup_logging(values.pop("log_level"))
     manifest, out_dir = values.pop("manifest"), values.pop("out_dir")
     jobs, force, fail_fast, validate_only = values.pop("jobs"), values.pop("force"), values.pop("fail_fast"), values.pop("validate_only")
+    executor, ray_address = values.pop("executor"), values.pop("ray_address")
+    if executor not in ("local", "ray"):
+        raise UsageError(f"must be local or ray, not {executor!r}", subject="--executor")
+    if ray_address and executor != "ray":
+        raise UsageError("needs --executor ray", subject="--ray-address")
     engine = values.pop("engine")
     observer = ConsoleBatchObserver(jobs)
     try:
@@ -93,7 +101,7 @@ def do_batch(values: dict[str, Any], defaults: dict[str, Any]) -> int:
             observer.done()
             _print_plan(plan)
             return 0
-        result = run_batch(plan, jobs=jobs, fail_fast=fail_fast, observer=observer)
+        result = run_batch(plan, jobs=jobs, fail_fast=fail_fast, observer=observer, executor=executor, ray_address=ray_address)
     finally:
         observer.done()
     _print_summary(result)
