@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_batch import FAST, batch_report, write_csv
+from test_batch import FAST, batch_report, trace_intervals, write_csv
 
 from conftest import cli_subprocess
 from lipsync_tool.media import probe
@@ -148,3 +148,17 @@ def test_ctrl_c_publishes_nothing_partial_and_resume_runs_only_the_rest(ray_env,
     assert again.code == 0, again.output
     statuses = [r["status"] for r in batch_report(out)]
     assert statuses.count("skipped") == len(done) and statuses.count("ok") == 4 - len(done)
+
+
+@pytest.mark.parametrize("runner", ["worker", "subprocess"])
+def test_an_actor_renders_one_job_at_a_time(ray_env, manifest, tmp_path, runner):
+    """An actor holds two jobs (one stages or upscales while the other renders), but its GPU renders one at a time."""
+    trace = tmp_path / "trace.txt"
+    env = {**ray_env, "LIPSYNC_TOOL_RAY_SLOTS": "1", "FAKE_ENGINE_TRACE": str(trace)}
+    out = tmp_path / "out"
+    result = cli_subprocess("batch", manifest, "--out-dir", out, "--engine", "fake", *FAST, "--executor", "ray", "--runner", runner, "--fake-sleep", "0.5", env=env)
+    assert result.code == 0, result.output
+    spans = trace_intervals(trace)
+    assert len(spans) == 4
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans  # one GPU: renders take turns
+    assert [r["status"] for r in batch_report(out)] == ["ok"] * 4

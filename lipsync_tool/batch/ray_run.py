@@ -6,7 +6,11 @@ executor does, and records every job's result in the same
 
 * one actor per GPU (``num_gpus=1``; or one per unit of a custom resource,
   ``LIPSYNC_TOOL_RAY_RESOURCE``, which the tests use to stand in for GPUs)
-  holds a warm worker for its engines and runs whole jobs;
+  holds a warm worker for its engines.  It takes :data:`SEATS` jobs at a
+  time: their CPU steps (staging, the upscale with ffmpeg) run on the actor's
+  threads while the other job renders, and the renders take turns (one at a
+  time on the GPU), so the GPU does not wait on ffmpeg.  The staged files stay
+  on the node that renders them;
 * inputs travel to the actor as bytes through Ray's object store, the MP4
   and the run report come back the same way: no shared file system is
   needed.  The driver publishes each output atomically in ``--out-dir`` and
@@ -38,6 +42,8 @@ ENV_RESOURCE = "LIPSYNC_TOOL_RAY_RESOURCE"
 ENV_SLOTS = "LIPSYNC_TOOL_RAY_SLOTS"
 #: Runs of one job at most when its actor keeps dying.
 MAX_ATTEMPTS = 3
+#: Jobs an actor holds at once: one renders while the other stages or upscales.
+SEATS = 2
 #: Options that name files on the driver's machine, which an actor elsewhere does not have.
 _DRIVER_PATHS = ("hls", "python", "cache_dir", "registry", "report")
 
@@ -46,7 +52,12 @@ class EngineActor:
     """Runs whole jobs in its node's temp dir, with one warm runner kept between them."""
 
     def __init__(self) -> None:
+        import threading
+
         self._runners: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+        #: One render at a time on this actor's GPU; staging and the upscale overlap it.
+        self._gpu = threading.Lock()
 
     def pid(self) -> int:
         return os.getpid()
@@ -67,11 +78,15 @@ class EngineActor:
             out.parent.mkdir()
             options = dict(payload["options"])
             choice = options.pop("runner", None)
-            if choice not in self._runners:
-                self._runners[choice] = make_runner(choice)
+            with self._lock:
+                if choice not in self._runners:
+                    self._runners[choice] = make_runner(choice)
             pipeline = LipSyncPipeline(payload["engine"], runner=self._runners[choice], **options)
             try:
-                result = pipeline.run(image, audio, out)
+                run = pipeline.start(image, audio, out)  # CPU: validate and stage
+                with self._gpu:
+                    run.render()
+                result = run.finish()  # CPU: upscale and publish (into the temp dir)
             except LipsyncError as exc:
                 failure = pipeline.last_failure
                 return {"ok": False, "error": error_dict(exc), "report": failure.report if failure else None}
@@ -163,14 +178,15 @@ def run_on_ray(work, todo: list[BatchJob], *, address: str | None) -> None:
     actors: list[Any] = []
     try:
         count, ask = _actor_count(ray, resource, len(todo))
-        remote = ray.remote(max_restarts=0, **ask)(EngineActor)
-        idle = deque(remote.remote() for _ in range(count))
-        actors.extend(idle)
-        _drive(ray, work, deque(_longest_first(todo)), idle, lambda: _new_actor(remote, actors))
-    except KeyboardInterrupt:
-        for actor in actors:
-            ray.kill(actor)
-        raise
+        remote = ray.remote(max_restarts=0, max_concurrency=SEATS, **ask)(EngineActor)
+
+        def new_actor() -> list[Any]:
+            actor = remote.remote()
+            actors.append(actor)
+            return [actor] * SEATS
+
+        seats = deque(seat for _ in range(count) for seat in new_actor())
+        _drive(ray, work, deque(_longest_first(todo)), seats, new_actor)
     finally:
         for actor in actors:
             try:
@@ -181,23 +197,17 @@ def run_on_ray(work, todo: list[BatchJob], *, address: str | None) -> None:
             ray.shutdown()
 
 
-def _new_actor(remote, actors: list[Any]):
-    actor = remote.remote()
-    actors.append(actor)
-    return actor
-
-
-def _drive(ray, work, pending: deque, idle: deque, new_actor) -> None:
-    """Hand jobs to idle actors; take results as they come; replace dead actors."""
+def _drive(ray, work, pending: deque, seats: deque, new_actor) -> None:
+    """Hand jobs to free seats; take results as they come; replace dead actors."""
     from ray.exceptions import RayActorError, WorkerCrashedError
 
     inflight: dict[Any, tuple[BatchJob, Any, float]] = {}
     attempts: dict[int, int] = {}
+    dead: set[Any] = set()
     while (pending and not work.stop) or inflight:
-        while pending and idle and not work.stop:
-            job = pending.popleft()
+        while pending and seats and not work.stop:
+            job, actor = pending.popleft(), seats.popleft()
             attempts[job.index] = attempts.get(job.index, 0) + 1
-            actor = idle.popleft()
             work.obs.job_started(job)
             inflight[actor.run.remote(payload_for(job))] = (job, actor, time.monotonic())
         done, _ = ray.wait(list(inflight), num_returns=1)
@@ -205,7 +215,10 @@ def _drive(ray, work, pending: deque, idle: deque, new_actor) -> None:
         try:
             answer = ray.get(done[0])
         except (RayActorError, WorkerCrashedError) as exc:
-            idle.append(new_actor())
+            if actor not in dead:  # its other seat's job fails the same way: one replacement
+                dead.add(actor)
+                seats = deque(s for s in seats if s is not actor)
+                seats.extend(new_actor())
             if attempts[job.index] < MAX_ATTEMPTS:
                 log.warning("job %d (%s): its Ray actor died (%s); running it again", job.index, job.name, type(exc).__name__)
                 pending.appendleft(job)
@@ -213,7 +226,7 @@ def _drive(ray, work, pending: deque, idle: deque, new_actor) -> None:
                 error = {"type": "ActorDied", "message": f"its Ray actor died {attempts[job.index]} times: {exc}", "subject": None, "hint": "See the Ray logs of the node.", "temp_dir": None}
                 work.record(JobResult(job, "failed", error, wall_s=time.monotonic() - t0))
             continue
-        idle.append(actor)
+        seats.append(actor)
         work.record(_result(job, answer, time.monotonic() - t0))
     for job in pending:
         work.record(JobResult(job, "not_run", note="stopped after a failure (--fail-fast)"), notify=False)
