@@ -232,21 +232,16 @@ def _drive(ray, work, pending: deque, seats: deque, new_actor) -> None:
         work.record(JobResult(job, "not_run", note="stopped after a failure (--fail-fast)"), notify=False)
 
 
-def _result(job: BatchJob, answer: dict[str, Any], wall: float):
-    """Publish what an actor sent back, and the job's result."""
-    from ..targets import temp_path_beside, write_text_file
+def _result(job: BatchJob, answer: dict[str, Any], wall: float) -> JobResult:
+    """Publish what an actor sent back (the MP4, then its report, as a local run does), and the job's result."""
+    from ..targets import publish_file, temp_path_beside
 
     report = driver_report(answer.get("report"), job)
     overwrite = bool(job.pipeline_kwargs().get("overwrite"))
-    if report is not None:
-        import json
-
-        write_text_file(job.report_path, json.dumps(report, indent=2, default=str), overwrite=overwrite)
     timings = dict((report or {}).get("timings") or {})
     if not answer["ok"]:
+        _write_report(job, report, overwrite)
         return JobResult(job, "failed", {**answer["error"], "temp_dir": None}, timings, wall)
-    from ..targets import publish_file
-
     tmp = temp_path_beside(job.output)
     try:
         tmp.write_bytes(answer["video"])
@@ -255,7 +250,22 @@ def _result(job: BatchJob, answer: dict[str, Any], wall: float):
         return JobResult(job, "failed", {**error_dict(exc), "temp_dir": None}, timings, wall)
     finally:
         tmp.unlink(missing_ok=True)
+    _write_report(job, report, overwrite)
     return JobResult(job, "ok", None, timings, wall, media_summary((report or {}).get("output", {}).get("media")))
 
+
+def _write_report(job: BatchJob, report: dict[str, Any] | None, overwrite: bool) -> None:
+    """The job's run report beside its output; one that cannot be written is a warning, as in a local run."""
+    import json
+
+    from ..errors import OutputPathError
+    from ..targets import write_text_file
+
+    if report is None:
+        return
+    try:
+        write_text_file(job.report_path, json.dumps(report, indent=2, default=str), overwrite=overwrite)
+    except (OSError, OutputPathError) as exc:
+        log.warning("could not write the report to %s: %s", job.report_path, exc)
 
 __all__ = ["ENV_RESOURCE", "ENV_SLOTS", "MAX_ATTEMPTS", "EngineActor", "check_ray_jobs", "driver_report", "payload_for", "run_on_ray"]
