@@ -11,9 +11,10 @@ stop the others), then writes into OUT_DIR:
 * ``comparison.json`` and ``comparison.md``: engine, commit, options, wall
   time per stage, output resolution, fps and duration, lip-sync scores.
 
-Lip-sync scores (LSE-C, LSE-D) come from a :class:`Scorer`.  None ships yet:
-the registry below is empty until a SyncNet-based scorer is added, and until
-then the score fields say ``"not computed"``.  A score is never made up.
+Lip-sync scores come from a :class:`Scorer`: ``compare --score`` passes a
+:class:`~lipsync_tool.scoring.SyncNetScorer` (LSE-D, LSE-C, AV offset, mouth
+sharpness, A−V duration gap); without one the score fields say ``"not
+computed"`` with the reason.  A score is never made up.
 """
 
 from __future__ import annotations
@@ -26,84 +27,21 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from . import __version__
 from .config import RunOptions
 from .errors import LipsyncError, OutputPathError, UsageError, error_dict
 from .media import ENV_FONT, Clip, find_font, side_by_side_argv, side_by_side_graph
 from .scheduler import Event, RunWork, Scheduler
+from .scoring.fields import NOT_COMPUTED, Scorer, SyncScore, available_scorers, default_scorer, register_scorer, score_fields, unregister_scorer
 from .targets import Target, check_targets, publish_file, write_text_file
 
 log = logging.getLogger(__name__)
 
-NOT_COMPUTED = "not computed"
 SIDE_BY_SIDE = "side_by_side.mp4"
 COMPARISON_JSON = "comparison.json"
 COMPARISON_MD = "comparison.md"
-
-
-# -- lip-sync scores ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SyncScore:
-    """SyncNet's lip-sync error metrics for one clip (Wav2Lip paper, §4.1)."""
-
-    lse_c: float  # confidence: higher is better
-    lse_d: float  # distance: lower is better
-    scorer: str
-
-
-@runtime_checkable
-class Scorer(Protocol):
-    """Scores how well a video's lips follow an audio track."""
-
-    name: str
-
-    def score(self, video: Path, audio: Path) -> SyncScore: ...
-
-
-#: name → factory.  Empty on purpose: no SyncNet-based scorer ships yet.
-_SCORERS: dict[str, Callable[[], Scorer]] = {}
-
-
-def register_scorer(name: str, factory: Callable[[], Scorer], *, replace: bool = False) -> None:
-    if name in _SCORERS and not replace:
-        raise ValueError(f"a scorer named {name!r} is already registered")
-    _SCORERS[name] = factory
-
-
-def unregister_scorer(name: str) -> None:
-    _SCORERS.pop(name, None)
-
-
-def available_scorers() -> list[str]:
-    return sorted(_SCORERS)
-
-
-def default_scorer() -> Scorer | None:
-    """The first registered scorer that can be made, or None."""
-    for name in available_scorers():
-        try:
-            return _SCORERS[name]()
-        except LipsyncError as exc:
-            log.warning("lip-sync scorer %s is not usable: %s", name, exc)
-    return None
-
-
-def score_fields(scorer: Scorer | None, video: Path | None, audio: Path) -> dict[str, Any]:
-    """``lse_c``/``lse_d`` from *scorer*, or ``"not computed"`` with the reason."""
-    if scorer is None:
-        return {"lse_c": NOT_COMPUTED, "lse_d": NOT_COMPUTED, "scorer": None, "score_note": "no SyncNet-based scorer is installed"}
-    if video is None:
-        return {"lse_c": NOT_COMPUTED, "lse_d": NOT_COMPUTED, "scorer": scorer.name, "score_note": "the engine produced no video"}
-    try:
-        s = scorer.score(video, audio)
-    except Exception as exc:  # noqa: BLE001 - a scorer's failure must not lose the comparison
-        log.warning("scorer %s failed on %s: %s", scorer.name, video, exc)
-        return {"lse_c": NOT_COMPUTED, "lse_d": NOT_COMPUTED, "scorer": scorer.name, "score_note": f"the scorer failed: {exc}"}
-    return {"lse_c": float(s.lse_c), "lse_d": float(s.lse_d), "scorer": s.scorer, "score_note": None}
 
 
 # -- the comparison -------------------------------------------------------------------------
@@ -213,6 +151,17 @@ def parse_engines(text: str | Sequence[str]) -> list[str]:
     return names
 
 
+def _scorer(scorer: Scorer | str | None, score: bool) -> Scorer | None:
+    the_scorer = default_scorer() if scorer == "auto" else scorer
+    if the_scorer is not None and not isinstance(the_scorer, Scorer):
+        raise UsageError(f"{the_scorer!r} is not a scorer", subject="scorer")
+    if score and the_scorer is None:
+        raise UsageError("needs a scorer (lipsync_tool.scoring.SyncNetScorer)", subject="--score")
+    if hasattr(the_scorer, "prepare"):
+        the_scorer.prepare()  # weights and interpreter before any engine runs
+    return the_scorer
+
+
 def compare(
     image: str | os.PathLike,
     audio: str | os.PathLike,
@@ -222,6 +171,7 @@ def compare(
     options: dict[str, Any] | None = None,
     font: str | os.PathLike | None = None,
     scorer: Scorer | str | None = "auto",
+    score: bool = False,
     observer_for: Callable[[str], Any] | None = None,
 ) -> Comparison:
     """Run every engine on IMAGE and AUDIO and write the comparison into OUT_DIR.
@@ -250,9 +200,7 @@ def compare(
     for p in pipelines.values():
         inputs += _engine_inputs(p)
     check_outputs(out_dir, output_targets(out_dir, names), inputs, overwrite=overwrite)
-    the_scorer = default_scorer() if scorer == "auto" else scorer
-    if the_scorer is not None and not isinstance(the_scorer, Scorer):
-        raise UsageError(f"{the_scorer!r} is not a scorer", subject="scorer")
+    the_scorer = _scorer(scorer, score)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     runs = _EngineRuns(pipelines, image, audio, out_dir, observer_for)
@@ -435,6 +383,19 @@ def _seconds(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, (int, float)) else "–"
 
 
+SCORES_EXPLAINED = (
+    "LSE-D (lower is better), LSE-C (higher is better) and the AV offset (frames) are SyncNet's, computed as Wav2Lip's "
+    "evaluation does (`lipsync-tool score`); mouth sharpness is the variance of the Laplacian of the lower face; "
+    "A−V is the audio minus the video duration. \"not computed\" comes with its reason."
+)
+
+
+def _figure(value: Any, fmt: str) -> str:
+    if value is None:
+        return "–"
+    return value if isinstance(value, str) else format(value, fmt)
+
+
 def comparison_markdown(data: dict[str, Any]) -> str:
     """``comparison.md``: one table row per engine."""
     from .pipeline import STAGES
@@ -446,8 +407,8 @@ def comparison_markdown(data: dict[str, Any]) -> str:
         f"- audio: `{data['inputs']['audio']}`",
         f"- side by side: `{data['side_by_side']['path']}`" if data["side_by_side"]["path"] else f"- side by side: not written ({data['side_by_side']['error']['message']})",
         "",
-        "| Engine | Status | Commit | Options | " + " | ".join(f"{s} (s)" for s in STAGES) + " | Total (s) | Resolution | FPS | Duration (s) | LSE-C | LSE-D |",
-        "|" + "---|" * (4 + len(STAGES) + 6),
+        "| Engine | Status | Commit | Options | " + " | ".join(f"{s} (s)" for s in STAGES) + " | Total (s) | Resolution | FPS | Duration (s) | LSE-C | LSE-D | AV offset | Mouth sharpness | A−V (s) |",
+        "|" + "---|" * (4 + len(STAGES) + 9),
     ]
     for e in data["engines"]:
         status = "ok" if e["status"] == "ok" else f"failed: {e['error']['message'].splitlines()[0] if e.get('error') else ''}"
@@ -463,11 +424,13 @@ def comparison_markdown(data: dict[str, Any]) -> str:
             e["resolution"] or "–",
             f"{e['fps']:g}" if e.get("fps") else "–",
             _seconds(e["duration"]),
-            e["lse_c"] if isinstance(e["lse_c"], str) else f"{e['lse_c']:.3f}",
-            e["lse_d"] if isinstance(e["lse_d"], str) else f"{e['lse_d']:.3f}",
+            *(_figure(e.get(c), f) for c, f in (("lse_c", ".3f"), ("lse_d", ".3f"), ("av_offset", "d"), ("mouth_sharpness", ".1f"), ("av_duration_diff_s", "+.3f"))),
         ]
         lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
-    lines += ["", "LSE-C (higher is better) and LSE-D (lower is better) need a SyncNet-based scorer; \"not computed\" means none was available.", ""]
+    lines += ["", SCORES_EXPLAINED, ""]
+    notes = [f"- {e['engine']}: {e['score_note']}" for e in data["engines"] if e.get("score_note")]
+    if notes:
+        lines += ["Scores not computed:", "", *notes, ""]
     return "\n".join(lines)
 
 

@@ -137,14 +137,15 @@ def test_comparison_json_and_md_have_the_table_fields(cli, engines, media, tmp_p
 
     md = (out / "comparison.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| Engine"))
-    for column in ("Commit", "Options", "engine (s)", "upscale (s)", "Resolution", "FPS", "Duration (s)", "LSE-C", "LSE-D"):
+    for column in ("Commit", "Options", "engine (s)", "upscale (s)", "Resolution", "FPS", "Duration (s)", "LSE-C", "LSE-D", "AV offset", "Mouth sharpness", "A−V (s)"):
         assert column in header
     rows = [line for line in md.splitlines() if line.startswith("| fake")]
     assert len(rows) == 2
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert cells[0] == "fake" and cells[1] == "ok" and engines.upstream.first[:12] in cells[2]
     assert "fake_extra_seconds=0.5" in cells[3]
-    assert cells[-5:] == ["1080x1080", "25", "1.00", "not computed", "not computed"]
+    assert cells[-8:] == ["1080x1080", "25", "1.00", "not computed", "not computed", "not computed", "not computed", "–"]
+    assert "fake: not asked for (compare --score computes them)" in md
 
 
 def test_one_failing_engine_does_not_stop_the_others(cli, engines, media, tmp_path, trace):
@@ -263,7 +264,16 @@ def test_no_scorer_ships_and_scores_are_never_made_up(tmp_path):
             raise RuntimeError("no weights")
 
     measured = Measured()
-    assert score_fields(measured, video, audio) == {"lse_c": 7.25, "lse_d": 6.5, "scorer": "syncnet-test", "score_note": None}
+    measured_fields = score_fields(measured, video, audio)
+    assert measured_fields == {
+        "lse_c": 7.25,
+        "lse_d": 6.5,
+        "av_offset": NOT_COMPUTED,
+        "mouth_sharpness": NOT_COMPUTED,
+        "av_duration_diff_s": None,
+        "scorer": "syncnet-test",
+        "score_note": None,
+    }
     assert measured.calls == [(video, audio)]
     failed = score_fields(Broken(), video, audio)
     assert failed["lse_c"] == failed["lse_d"] == NOT_COMPUTED and "no weights" in failed["score_note"]

@@ -103,6 +103,8 @@ class JobResult:
     wall_s: float = 0.0
     output_info: dict[str, Any] | None = None
     note: str = ""
+    #: With ``batch --score``: the score columns (compare's), "not computed" with a reason where they could not be.
+    scores: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         j = self.job
@@ -121,6 +123,7 @@ class JobResult:
             "timings": self.timings,
             "wall_s": round(self.wall_s, 3),
             "output_info": self.output_info,
+            **(self.scores or {}),
         }
 
 

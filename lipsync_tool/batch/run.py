@@ -55,8 +55,11 @@ class BatchWork:
     """A plan's jobs as the scheduler's :class:`~lipsync_tool.scheduler.Work`,
     and their results: ``batch_report.jsonl`` is rewritten after each one."""
 
-    def __init__(self, plan: BatchPlan, *, fail_fast: bool, obs: BatchObserver, report_path: Path):
+    def __init__(self, plan: BatchPlan, *, fail_fast: bool, obs: BatchObserver, report_path: Path, scorer=None):
         self.plan = plan
+        #: ``--score``: each published video is scored before its row is written (one clip at a time).
+        self.scorer = scorer
+        self._score_lock = threading.Lock()
         self.fail_fast = fail_fast
         self.obs = obs
         self.report_path = report_path
@@ -73,7 +76,18 @@ class BatchWork:
 
     # -- bookkeeping --------------------------------------------------------------------------
 
+    def score(self, result: JobResult) -> None:
+        """Fill *result*'s score columns (ok and skipped jobs: their published video)."""
+        from ..scoring.fields import score_fields
+
+        if self.scorer is None or result.status not in ("ok", "skipped") or result.scores is not None:
+            return
+        video = result.job.output if result.job.output.is_file() else None
+        with self._score_lock:
+            result.scores = score_fields(self.scorer, video, result.job.audio)
+
     def record(self, result: JobResult, *, notify: bool = True) -> None:
+        self.score(result)
         with self._lock:
             self.results[result.job.index] = result
             if result.status == "failed" and self.fail_fast:
@@ -207,12 +221,22 @@ class BatchWork:
 
 
 def run_batch(
-    plan: BatchPlan, *, jobs: int = 1, fail_fast: bool = False, observer: BatchObserver | None = None, executor: str = "local", ray_address: str | None = None
+    plan: BatchPlan,
+    *,
+    jobs: int = 1,
+    fail_fast: bool = False,
+    observer: BatchObserver | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
+    scorer=None,
 ) -> BatchResult:
     """Run *plan*: skipped jobs are recorded, the others run (see the module doc).
 
     Writes ``<out_dir>/batch_report.jsonl`` after every job (one line per job,
     ``pending`` until it ran), so a killed batch leaves a current picture.
+    With a *scorer* (``--score``) every ok or skipped job's video is scored
+    and its row gets the score columns; the scorer's weights and interpreter
+    are made ready before any job runs.
     Raises :class:`~lipsync_tool.errors.Interrupted` after recording a Ctrl-C.
     """
     if jobs < 1:
@@ -224,12 +248,15 @@ def run_batch(
 
         check_ray_jobs(plan.to_run)
     obs = observer or BatchObserver()
+    if scorer is not None and hasattr(scorer, "prepare"):
+        scorer.prepare()
     plan.out_dir.mkdir(parents=True, exist_ok=True)
-    work = BatchWork(plan, fail_fast=fail_fast, obs=obs, report_path=plan.out_dir / REPORT_FILE)
+    work = BatchWork(plan, fail_fast=fail_fast, obs=obs, report_path=plan.out_dir / REPORT_FILE, scorer=scorer)
     started = time.monotonic()
     for job in plan.to_skip:
         old = load_report(job.report_path) or {}
         work.results[job.index] = JobResult(job, "skipped", note=job.decision.reason, output_info=media_summary((old.get("output") or {}).get("media")))
+        work.score(work.results[job.index])
     work.write_report()
     todo = plan.to_run
     obs.started(len(todo), len(plan.to_skip))

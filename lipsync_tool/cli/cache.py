@@ -62,7 +62,22 @@ def do_cache_info(cache_dir: Path | None, registry: Path | None) -> int:
             partial = cache.partials(path)
             extra = f" (+{human_size(sum(p.stat().st_size for p in partial))} partial)" if partial else ""
             out(f"  {fname:<36} {state:<10} {human_size(path.stat().st_size) if path.exists() else '':>10}{extra}")
+    _components_info(settings, cache)
     return 0
+
+
+def _components(settings):
+    from ..resources.components import COMPONENTS, ComponentResources
+
+    return [ComponentResources(name, settings.cache_dir, registry_file=settings.registry) for name in COMPONENTS]
+
+
+def _components_info(settings, cache) -> None:
+    for res in _components(settings):
+        out(f"\n{res.component} (scorer): {human_size(cache.size_of(cache.checkpoint_dir(res.component)))}")
+        for fname, state in res.status().items():
+            path = res.path(fname)
+            out(f"  {fname:<36} {state:<10} {human_size(path.stat().st_size) if path.exists() else '':>10}")
 
 
 def _preprocess_info(cache_dir: Path, cache) -> None:
@@ -106,6 +121,11 @@ def do_cache_verify(cache_dir: Path | None, registry: Path | None) -> int:
                 out(f"CORRUPT  {name} repository has local changes")
             else:
                 out(f"ok       {name} repository")
+    for comp in _components(settings):
+        for fname, state in comp.verify().items():
+            checked += 1
+            bad += state != "ok"
+            out(f"{'ok      ' if state == 'ok' else 'CORRUPT '} {comp.component}/{fname}" + ("" if state == "ok" else f"  {comp.path(fname)} (will be fetched again)"))
     out(f"{checked} checked, {bad} corrupt")
     return 1 if bad else 0
 

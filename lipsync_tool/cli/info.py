@@ -1,6 +1,7 @@
 """The engines and this machine: ``engines`` (list them), ``setup`` (prefetch
 what a run needs) and ``doctor`` (check everything a run depends on)."""
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -25,8 +26,14 @@ def add_commands(app: typer.Typer, engine_params: EngineParams) -> None:
     def setup(**values: Any) -> None:
         guard(do_setup, values)
 
+    scorer = inspect.Parameter(
+        "scorer",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[Optional[str], typer.Option("--scorer", help="Also (or only, without --engine) fetch a scorer's weights: syncnet.", show_default=False)],
+    )
     app.command("setup", help="Prefetch the repository and checkpoints (and with --install-deps the packages) that these options need.")(
-        command_with(setup, pick(common_parameters(), _SETUP_OPTIONS) + engine_params())
+        command_with(setup, [*pick(common_parameters(), _SETUP_OPTIONS), scorer, *engine_params()])
     )
 
     @app.command("doctor", help="Check ffmpeg, git, Python, torch/CUDA, the cache and each engine (exit 1 if something is wrong).")
@@ -57,6 +64,11 @@ def do_setup(values: dict[str, Any]) -> int:
 
     setup_logging(values.pop("log_level"))
     observer = ConsoleObserver()
+    scorer = values.pop("scorer", None)
+    if scorer is not None:
+        setup_scorer(scorer, values, observer)
+        if values.get("engine") is None:
+            return 0
     engine = values.pop("engine")
     install = values.pop("install_deps")
     python = values.pop("python", None)
@@ -78,6 +90,27 @@ def do_setup(values: dict[str, Any]) -> int:
     if install:
         out("  installed: " + (", ".join(installed) if installed else "nothing (all requirements were satisfied)"))
     return 0
+
+
+def setup_scorer(name: str, values: dict[str, Any], observer: ConsoleObserver) -> None:
+    """``setup --scorer syncnet``: its weights, fetched and verified into the cache."""
+    from ..config import Settings
+    from ..errors import UsageError
+    from ..resources.components import COMPONENTS, ComponentResources
+    from ..resources.download import Downloader
+
+    if name not in COMPONENTS:
+        raise UsageError(f"unknown scorer {name!r} (known: {', '.join(sorted(COMPONENTS))})", subject="--scorer")
+    settings = Settings.from_env(cache_dir=values.get("cache_dir"), offline=values.get("offline"), registry=values.get("registry"))
+    downloader = Downloader(progress=observer.download_bar, on_wait=observer.waiting, offline=settings.offline)
+    res = ComponentResources(name, settings.cache_dir, registry_file=settings.registry, offline=settings.offline, downloader=downloader)
+    try:
+        files = res.ensure()
+    finally:
+        observer.done()
+    out(f"The {name} scorer's weights are ready.")
+    for f in files.values():
+        out(f"  {f.name:<36} {f.action:<10} {f.sha256[:16]}…  {f.path}")
 
 
 class _Checklist:

@@ -66,6 +66,7 @@ def _batch_parameters() -> list[inspect.Parameter]:
         P("validate_only", K, default=False, annotation=Annotated[bool, typer.Option("--validate-only", help="Check the whole manifest (files, options, outputs) and say what would run; run nothing.", rich_help_panel=BATCH)]),
         P("executor", K, default="local", annotation=Annotated[str, typer.Option("--executor", help="local (this machine) or ray (one actor per GPU of a Ray cluster; the ray extra).", rich_help_panel=BATCH)]),
         P("ray_address", K, default=None, annotation=Annotated[Optional[str], typer.Option("--ray-address", help="With --executor ray: auto or ray://HOST:PORT joins a cluster (default: a local Ray for this command).", rich_help_panel=BATCH)]),
+        _score_parameter(BATCH, "each row of batch_report.jsonl"),
     ]
 
 
@@ -75,7 +76,42 @@ def _compare_parameters() -> list[inspect.Parameter]:
         P("out_dir", K, annotation=Annotated[Path, typer.Argument(help="Folder for each engine's video, the side-by-side video, comparison.json and comparison.md.", show_default=False)]),
         P("engines", K, default=None, annotation=Annotated[Optional[str], typer.Option("--engines", help="The engines to compare, comma-separated. (default: the built-in ones, sadtalker,wav2lip)", show_default=False, rich_help_panel=COMPARE)]),
         P("font", K, default=None, annotation=Annotated[Optional[Path], typer.Option("--font", help="A .ttf/.otf font for the labels. (default: a sans font found on this machine)", show_default=False, metavar="FILE", rich_help_panel=COMPARE)]),
+        _score_parameter(COMPARE, "comparison.json and comparison.md"),
     ]
+
+
+def _score_parameter(panel: str, where: str) -> inspect.Parameter:
+    return inspect.Parameter(
+        "score",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[
+            bool,
+            typer.Option(
+                "--score",
+                help=f"Score each video with SyncNet (LSE-D, LSE-C, AV offset) and add mouth sharpness and the A-V duration gap to {where} "
+                "(as 'lipsync-tool score'; runs in the --python interpreter, weights fetched and verified first).",
+                rich_help_panel=panel,
+            ),
+        ],
+    )
+
+
+def make_scorer(values: dict[str, Any], observer: Any):
+    """The SyncNet scorer for ``--score``, with the run's interpreter, device and cache settings."""
+    from ..config import Settings
+    from ..resources.download import Downloader
+    from ..scoring import SyncNetScorer
+
+    settings = Settings.from_env(cache_dir=values.get("cache_dir"), offline=values.get("offline"), registry=values.get("registry"))
+    return SyncNetScorer(
+        cache_dir=settings.cache_dir,
+        registry_file=settings.registry,
+        offline=settings.offline,
+        python=values.get("python"),
+        device=values.get("device") or "auto",
+        downloader=Downloader(progress=observer.download_bar, on_wait=observer.waiting, offline=settings.offline),
+    )
 
 
 # -- batch ------------------------------------------------------------------------------------
@@ -88,22 +124,27 @@ def do_batch(values: dict[str, Any], defaults: dict[str, Any]) -> int:
     setup_logging(values.pop("log_level"))
     manifest, out_dir = values.pop("manifest"), values.pop("out_dir")
     jobs, force, fail_fast, validate_only = values.pop("jobs"), values.pop("force"), values.pop("fail_fast"), values.pop("validate_only")
-    executor, ray_address = values.pop("executor"), values.pop("ray_address")
+    executor, ray_address, score = values.pop("executor"), values.pop("ray_address"), values.pop("score")
     if executor not in ("local", "ray"):
         raise UsageError(f"must be local or ray, not {executor!r}", subject="--executor")
     if ray_address and executor != "ray":
         raise UsageError("needs --executor ray", subject="--ray-address")
     engine = values.pop("engine")
     observer = ConsoleBatchObserver(jobs)
+    scorer = None
     try:
         plan = plan_batch(manifest, out_dir, given(values, defaults), engine=engine, jobs=jobs, force=force, observer=observer)
         if validate_only:
             observer.done()
             _print_plan(plan)
             return 0
-        result = run_batch(plan, jobs=jobs, fail_fast=fail_fast, observer=observer, executor=executor, ray_address=ray_address)
+        if score:
+            scorer = make_scorer(values, ConsoleObserver())
+        result = run_batch(plan, jobs=jobs, fail_fast=fail_fast, observer=observer, executor=executor, ray_address=ray_address, scorer=scorer)
     finally:
         observer.done()
+        if scorer is not None:
+            scorer.close()
     _print_summary(result)
     return result.exit_code
 
@@ -145,8 +186,9 @@ def do_compare(values: dict[str, Any], defaults: dict[str, Any]) -> int:
     values = dict(values)
     setup_logging(values.pop("log_level"))
     image, audio, out_dir = values.pop("image"), values.pop("audio"), values.pop("out_dir")
-    engines, font = values.pop("engines"), values.pop("font")
+    engines, font, score = values.pop("engines"), values.pop("font"), values.pop("score")
     observers: list[ConsoleObserver] = []
+    scorer = None
 
     def observer_for(name: str) -> ConsoleObserver:
         for previous in observers:  # the engine before has finished
@@ -156,23 +198,34 @@ def do_compare(values: dict[str, Any], defaults: dict[str, Any]) -> int:
         return obs
 
     try:
-        result = compare(image, audio, out_dir, engines=engines, options=given(values, defaults), font=font, observer_for=observer_for)
+        if score:
+            scorer = make_scorer(values, observer_for("syncnet"))
+        result = compare(image, audio, out_dir, engines=engines, options=given(values, defaults), font=font, observer_for=observer_for, scorer=scorer, score=score)
     finally:
         for obs in observers:
             obs.done()
+        if scorer is not None:
+            scorer.close()
     _print_comparison(result)
     return result.exit_code
 
 
+def _fig(value: Any, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
+
+
 def _print_comparison(result) -> None:
+    scored = any(r.score.get("scorer") for r in result.results)
     rows = []
     for r in result.results:
         e = r.to_json()
         note = ""
         if r.error:
             note = (r.error.get("message") or "").splitlines()[0] if r.error.get("message") else r.error.get("type", "")
-        rows.append([r.engine, r.status, e["resolution"] or "–", f"{e['fps']:g}" if e["fps"] else "–", format_seconds(e["duration"]), format_seconds(r.wall_s), note])
-    for line in table(["engine", "status", "resolution", "fps", "duration", "time", "note"], rows):
+        scores = [_fig(e.get("lse_d"), ".3f"), _fig(e.get("lse_c"), ".3f"), _fig(e.get("av_offset"), "d")] if scored else []
+        rows.append([r.engine, r.status, e["resolution"] or "–", f"{e['fps']:g}" if e["fps"] else "–", format_seconds(e["duration"]), format_seconds(r.wall_s), *scores, note or (e.get("score_note") or "" if scored else "")])
+    heads = ["engine", "status", "resolution", "fps", "duration", "time"] + (["LSE-D", "LSE-C", "offset"] if scored else []) + ["note"]
+    for line in table(heads, rows):
         out(line)
     if result.side_by_side:
         v = (result.side_by_side_info or {}).get("video") or {}

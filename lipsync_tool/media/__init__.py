@@ -31,7 +31,7 @@ from .encoding import (
     upscale_argv,
     upscale_graph,
 )
-from .faces import FACE_NOTICE_MIN_SCORE, FaceBox, count_faces, find_faces, several_faces_message
+from .faces import FACE_NOTICE_MIN_SCORE, FaceBox, count_faces, find_faces, find_faces_in_array, several_faces_message
 from .probe import AudioStream, MediaInfo, VideoStream, parse_probe, probe, read_error
 from .staging import (
     ENGINE_SAMPLE_RATE,
@@ -78,6 +78,7 @@ __all__ = [
     "count_faces",
     "encode_aac_argv",
     "find_faces",
+    "find_faces_in_array",
     "find_ffmpeg",
     "find_font",
     "first_frame",

@@ -62,12 +62,21 @@ def find_faces(image: Path) -> list[FaceBox]:
         raise InputError("is not an image that can be decoded", subject=image)
     with im:
         gray = flatten(ImageOps.exif_transpose(im)).convert("L")
-    w, h = gray.size
+    return find_faces_in_array(np.asarray(gray))
+
+
+def find_faces_in_array(gray) -> list[FaceBox]:
+    """:func:`find_faces` on an 8-bit grayscale array (rows, columns), boxes in its pixels."""
+    import numpy as np
+
+    h, w = gray.shape[:2]
     scale = 1.0
+    arr = np.ascontiguousarray(gray, dtype=np.uint8)
     if max(w, h) > 800:
+        from PIL import Image
+
         scale = 800 / max(w, h)
-        gray = gray.resize((max(1, round(w * scale)), max(1, round(h * scale))))
-    arr = np.asarray(gray)
+        arr = np.asarray(Image.fromarray(arr).resize((max(1, round(w * scale)), max(1, round(h * scale)))))
     detector = _detector()
     # Most portraits have a face well above the detector's 80 px minimum: try
     # without upsampling first (about 15x faster), then look for small faces.

@@ -200,21 +200,29 @@ class EngineResources:
 
     def verify(self, progress: Callable[[str, int], Callable[[int], None]] | None = None) -> dict[str, str]:
         """Re-hash every cached file of this engine: name → ok / corrupt / missing."""
-        out: dict[str, str] = {}
-        for spec in self.registry.checkpoints.values():
-            path = self.cache.checkpoint_path(self.engine.name, spec.name)
-            if not path.is_file():
-                continue
-            tick = progress(spec.name, path.stat().st_size) if progress else None
-            good = path.stat().st_size == spec.size and sha256_file(path, tick) == spec.sha256
-            out[spec.name] = "ok" if good else "corrupt"
-            if good:
-                from .cache import write_stamp
+        return verify_checkpoints(self.cache, self.engine.name, list(self.registry.checkpoints.values()), progress)
 
-                write_stamp(path, spec.sha256)
-            else:
-                Cache.stamp_path(path).unlink(missing_ok=True)
-        return out
+
+def verify_checkpoints(cache: Cache, owner: str, specs: list[CheckpointSpec], progress: Callable[[str, int], Callable[[int], None]] | None = None) -> dict[str, str]:
+    """Re-hash the cached files of *owner* (an engine or a component): name → ok / corrupt (absent ones are left out).
+
+    A good file gets its stamp (re)written; a corrupt one loses it, so the next run fetches it again.
+    """
+    from .cache import write_stamp
+
+    out: dict[str, str] = {}
+    for spec in specs:
+        path = cache.checkpoint_path(owner, spec.name)
+        if not path.is_file():
+            continue
+        tick = progress(spec.name, path.stat().st_size) if progress else None
+        good = path.stat().st_size == spec.size and sha256_file(path, tick) == spec.sha256
+        out[spec.name] = "ok" if good else "corrupt"
+        if good:
+            write_stamp(path, spec.sha256)
+        else:
+            Cache.stamp_path(path).unlink(missing_ok=True)
+    return out
 
 
 def download_needed(path: Path, spec: CheckpointSpec) -> bool:
@@ -255,4 +263,4 @@ def resources_for(engine: str | Engine, cache_dir: Path, **kwargs) -> EngineReso
     return EngineResources(engine, cache_dir, **kwargs)
 
 
-__all__ = ["EngineResources", "Prepared", "PreparedFile", "Readiness", "resources_class", "resources_for"]
+__all__ = ["EngineResources", "Prepared", "PreparedFile", "Readiness", "resources_class", "resources_for", "verify_checkpoints"]

@@ -13,6 +13,9 @@ one and everything else is kept::
     urls = ["https://mirror.example.org/w2l/wav2lip_gan.pth"]
     sha256 = "ca9ab7b7…"
     size = 435801865
+
+Components (weights that belong to no engine, :data:`COMPONENTS`) take a
+``checkpoints`` section only: ``[syncnet.checkpoints."syncnet_v2.model"]``.
 """
 
 from __future__ import annotations
@@ -33,7 +36,44 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 ENGINE_KEYS = {"repo_url", "commit", "checkpoints"}
+COMPONENT_KEYS = {"checkpoints"}
 CHECKPOINT_KEYS = {"urls", "sha256", "size"}
+
+_OXFORD = "https://www.robots.ox.ac.uk/~vgg/software/lipsync/data/"
+_LATENTSYNC = "https://huggingface.co/ByteDance/LatentSync-1.6/resolve/main/auxiliary/"
+
+# -- components: weights that are not an engine's (the SyncNet scorer's) --------------------
+
+#: component → its checkpoints.  The Oxford VGG files are the ones syncnet_python's
+#: ``download_model.sh`` fetches; LatentSync ships byte-identical copies.
+COMPONENTS: dict[str, tuple[CheckpointSpec, ...]] = {
+    "syncnet": (
+        CheckpointSpec(
+            name="syncnet_v2.model",
+            urls=(_OXFORD + "syncnet_v2.model", _LATENTSYNC + "syncnet_v2.model"),
+            size=54_573_114,
+            sha256="961e8696f888fce4f3f3a6c3d5b3267cf5b343100b238e79b2659bff2c605442",
+            dest="syncnet_v2.model",
+            licence="SyncNet v2 (Chung & Zisserman, 2016), released with joonson/syncnet_python (MIT); for research use.",
+        ),
+        CheckpointSpec(
+            name="sfd_face.pth",
+            urls=(_OXFORD + "sfd_face.pth", _LATENTSYNC + "sfd_face.pth"),
+            size=89_844_381,
+            sha256="d54a87c2b7543b64729c9a25eafd188da15fd3f6e02f0ecec76ae1b30d86c491",
+            dest="sfd_face.pth",
+            licence="S3FD face detector weights in syncnet_python's format.",
+        ),
+    ),
+}
+
+
+def component_specs(component: str, overrides: dict | None = None) -> dict[str, CheckpointSpec]:
+    """The effective checkpoints of *component*: built-in, with an override section applied."""
+    specs = {c.name: c for c in COMPONENTS[component]}
+    for name, entry in ((overrides or {}).get("checkpoints") or {}).items():
+        specs[name] = _replaced(specs[name], entry)
+    return specs
 
 
 @dataclass(frozen=True)
@@ -51,6 +91,33 @@ def _fail(path: Path, key: str, problem: str) -> RegistryFileError:
     return RegistryFileError(f"{key}: {problem}", subject=path, hint="See 'Air-gapped and custom setups' in the README for the format.")
 
 
+def _check_checkpoint(path: Path, where: str, name: str, entry: Any, known: set[str]) -> None:
+    if name not in known:
+        raise _fail(path, where, f"unknown checkpoint (known: {', '.join(sorted(known))})")
+    if not isinstance(entry, dict):
+        raise _fail(path, where, "must be a table")
+    for key in entry:
+        if key not in CHECKPOINT_KEYS:
+            raise _fail(path, f"{where}.{key}", f"unknown key (allowed: {', '.join(sorted(CHECKPOINT_KEYS))})")
+    if "urls" in entry and (not isinstance(entry["urls"], list) or not entry["urls"] or not all(isinstance(u, str) and u for u in entry["urls"])):
+        raise _fail(path, f"{where}.urls", "must be a non-empty list of URL strings")
+    if "sha256" in entry and (not isinstance(entry["sha256"], str) or not re.fullmatch(r"[0-9a-fA-F]{64}", entry["sha256"])):
+        raise _fail(path, f"{where}.sha256", "must be 64 hex digits")
+    if "size" in entry and (not isinstance(entry["size"], int) or isinstance(entry["size"], bool) or entry["size"] <= 0):
+        raise _fail(path, f"{where}.size", "must be a positive integer (bytes)")
+
+
+def _replaced(spec: CheckpointSpec, entry: dict[str, Any]) -> CheckpointSpec:
+    fields: dict[str, Any] = {}
+    if "urls" in entry:
+        fields["urls"] = tuple(entry["urls"])
+    if "sha256" in entry:
+        fields["sha256"] = entry["sha256"].lower()
+    if "size" in entry:
+        fields["size"] = entry["size"]
+    return dataclasses.replace(spec, **fields)
+
+
 def read_override(path: Path, engines: dict[str, type[Engine]]) -> dict[str, Any]:
     """Parse and validate an override file; errors name the file and the key."""
     try:
@@ -64,35 +131,23 @@ def read_override(path: Path, engines: dict[str, type[Engine]]) -> dict[str, Any
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RegistryFileError(f"is not valid TOML ({exc})", subject=path, hint="Check the quoting: checkpoint names with dots need quotes.") from None
     for engine, section in data.items():
-        if engine not in engines:
-            raise _fail(path, f"[{engine}]", f"unknown engine (known: {', '.join(sorted(engines))})")
+        if engine not in engines and engine not in COMPONENTS:
+            raise _fail(path, f"[{engine}]", f"unknown engine or component (known: {', '.join(sorted([*engines, *COMPONENTS]))})")
         if not isinstance(section, dict):
             raise _fail(path, engine, "must be a table")
+        allowed = ENGINE_KEYS if engine in engines else COMPONENT_KEYS
         for key, value in section.items():
-            if key not in ENGINE_KEYS:
-                raise _fail(path, f"{engine}.{key}", f"unknown key (allowed: {', '.join(sorted(ENGINE_KEYS))})")
+            if key not in allowed:
+                raise _fail(path, f"{engine}.{key}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
             if key == "repo_url" and (not isinstance(value, str) or not value.strip()):
                 raise _fail(path, f"{engine}.repo_url", "must be a non-empty string")
             if key == "commit" and (not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{40}", value)):
                 raise _fail(path, f"{engine}.commit", "must be a full 40-character lower-case commit sha")
-        known = {c.name for c in engines[engine].checkpoints}
+        known = {c.name for c in (engines[engine].checkpoints if engine in engines else COMPONENTS[engine])}
         if not isinstance(section.get("checkpoints", {}), dict):
-            raise _fail(path, f"{engine}.checkpoints", 'must be tables, e.g. [wav2lip.checkpoints."wav2lip_gan.pth"]')
+            raise _fail(path, f"{engine}.checkpoints", f'must be tables, e.g. [{engine}.checkpoints."{sorted(known)[0]}"]')
         for name, entry in (section.get("checkpoints") or {}).items():
-            where = f'{engine}.checkpoints."{name}"'
-            if name not in known:
-                raise _fail(path, where, f"unknown checkpoint (known: {', '.join(sorted(known))})")
-            if not isinstance(entry, dict):
-                raise _fail(path, where, "must be a table")
-            for key in entry:
-                if key not in CHECKPOINT_KEYS:
-                    raise _fail(path, f"{where}.{key}", f"unknown key (allowed: {', '.join(sorted(CHECKPOINT_KEYS))})")
-            if "urls" in entry and (not isinstance(entry["urls"], list) or not entry["urls"] or not all(isinstance(u, str) and u for u in entry["urls"])):
-                raise _fail(path, f"{where}.urls", "must be a non-empty list of URL strings")
-            if "sha256" in entry and (not isinstance(entry["sha256"], str) or not re.fullmatch(r"[0-9a-fA-F]{64}", entry["sha256"])):
-                raise _fail(path, f"{where}.sha256", "must be 64 hex digits")
-            if "size" in entry and (not isinstance(entry["size"], int) or isinstance(entry["size"], bool) or entry["size"] <= 0):
-                raise _fail(path, f"{where}.size", "must be a positive integer (bytes)")
+            _check_checkpoint(path, f'{engine}.checkpoints."{name}"', name, entry, known)
     return data
 
 
@@ -109,13 +164,6 @@ def load_registry(engine: Engine | type[Engine], override: Path | None = None) -
             repo = dataclasses.replace(repo, url=section.get("repo_url", repo.url), commit=section.get("commit", repo.commit))
             changed.append("repo")
         for name, entry in (section.get("checkpoints") or {}).items():
-            fields: dict[str, Any] = {}
-            if "urls" in entry:
-                fields["urls"] = tuple(entry["urls"])
-            if "sha256" in entry:
-                fields["sha256"] = entry["sha256"].lower()
-            if "size" in entry:
-                fields["size"] = entry["size"]
-            checkpoints[name] = dataclasses.replace(checkpoints[name], **fields)
+            checkpoints[name] = _replaced(checkpoints[name], entry)
             changed.append(name)
     return EngineRegistry(engine=engine.name, repo=repo, checkpoints=checkpoints, overridden=tuple(changed))

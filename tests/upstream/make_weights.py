@@ -5,6 +5,7 @@ dependencies), pointing at an upstream checkout::
 
     python tests/upstream/make_weights.py wav2lip   --repo /work/upstream/Wav2Lip   --out /work/upstream-weights/wav2lip
     python tests/upstream/make_weights.py sadtalker --repo /work/upstream/SadTalker --out /work/upstream-weights/sadtalker
+    /work/venv-syncnet/bin/python tests/upstream/make_weights.py syncnet --repo /work/upstream/syncnet_python --out /work/upstream-weights/syncnet
 
 It imports the model classes from the checkout at run time (no upstream code is
 copied here), saves state dicts of the shapes upstream expects, and writes a
@@ -31,6 +32,14 @@ upstream's detectors behave predictably:
   at the bottom ones, the rest (nose included) at the centre.  Croppers and the
   3DMM alignment then see a plausible, non-degenerate face.
 
+* syncnet_python's SyncNet (``syncnet_v2.model``): random, with its BatchNorm
+  statistics calibrated on synthetic batches (``calibrate_syncnet`` in
+  ``tests/syncnet_rig.py``) so the embeddings stay finite; saved as the
+  published file is, a plain parameter dict without ``num_batches_tracked``.
+* syncnet_python's S3FD (``sfd_face.pth``): rigged by ``rig_s3fd`` (same file)
+  to find exactly one face on the clips ``make_face_clip`` makes.  The syncnet
+  registry has no repository: the scorer is lipsync-tool's own code.
+
 A numpy scalar is stored in the non-safetensors checkpoints (as older
 training scripts did), so torch >= 2.6 loads them only through lipsync-tool's
 trusted-weights shim: a run that succeeds has exercised it.
@@ -46,6 +55,8 @@ import sys
 from pathlib import Path
 
 SITE_DIR = Path(__file__).resolve().parents[2] / "lipsync_tool" / "engines" / "compat" / "site"
+TESTS_DIR = Path(__file__).resolve().parents[1]
+SYNCNET_SHIM = Path(__file__).resolve().parent / "syncnet_cpu" / "sitecustomize.py"
 WAV2LIP_COMMIT = "5c90fa9b4a2c2a37d0b4ebf7633ac41534eb9941"
 SADTALKER_COMMIT = "cd4c0465ae0b54a6f85af57f5c65fec9fe23e7f8"
 
@@ -62,8 +73,9 @@ def toml_str(s: str) -> str:
     return json.dumps(s)
 
 
-def write_registry(out: Path, engine: str, repo: Path, commit: str, files: dict[str, Path]) -> Path:
-    lines = [f"[{engine}]", f"repo_url = {toml_str(repo.resolve().as_uri())}", f"commit = {toml_str(commit)}", ""]
+def write_registry(out: Path, engine: str, repo: Path | None, commit: str | None, files: dict[str, Path]) -> Path:
+    """``registry.toml``: the engine's repository (if any) and a section per checkpoint."""
+    lines = [f"[{engine}]", f"repo_url = {toml_str(repo.resolve().as_uri())}", f"commit = {toml_str(commit)}", ""] if repo else []
     for name, path in files.items():
         lines += [
             f'[{engine}.checkpoints."{name}"]',
@@ -310,22 +322,71 @@ def make_sadtalker(repo: Path, out: Path, seed: int, *, find_faces: bool = True)
     return files
 
 
+# -- syncnet_python (the reference scorer) ------------------------------------------------------
+
+
+def _syncnet_cpu_shim() -> None:
+    """Load the shim the reference runs under (``syncnet_cpu/sitecustomize.py``): CUDA
+    calls on the CPU, ``np.int``, and a stand-in for the torchvision that
+    ``detectors/__init__`` imports but does not use."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("syncnet_cpu_shim", SYNCNET_SHIM)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+
+def make_syncnet(repo: Path, out: Path, seed: int) -> dict[str, Path]:
+    """``syncnet_v2.model`` and ``sfd_face.pth`` from syncnet_python's own classes."""
+    import torch
+
+    _syncnet_cpu_shim()
+    _import_from(repo)
+    sys.path.insert(0, str(TESTS_DIR))
+    from detectors.s3fd.nets import S3FDNet
+    from syncnet_rig import calibrate_syncnet, rig_s3fd, syncnet_state
+    from SyncNetModel import S
+
+    files: dict[str, Path] = {}
+    torch.manual_seed(seed)
+    model = S(num_layers_in_fc_layers=1024)
+    calibrate_syncnet(model, seed=seed)
+    path = out / "syncnet_v2.model"
+    torch.save(syncnet_state(model), path)
+    files[path.name] = path
+
+    torch.manual_seed(seed)
+    det = S3FDNet(device="cpu")
+    state = rig_s3fd(det.state_dict())
+    assert set(state) == set(det.state_dict())
+    det.load_state_dict(state)  # the names and shapes syncnet_python's S3FD loads
+    path = out / "sfd_face.pth"
+    torch.save({k: v.contiguous() for k, v in state.items()}, path)
+    files[path.name] = path
+    return files
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("engine", choices=["wav2lip", "sadtalker"])
+    p.add_argument("engine", choices=["wav2lip", "sadtalker", "syncnet"])
     p.add_argument("--repo", type=Path, required=True, help="the upstream checkout")
     p.add_argument("--out", type=Path, required=True, help="where to write the checkpoints and registry.toml")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-face", action="store_true", help="sadtalker: a face detector that finds nothing (for the error path)")
     args = p.parse_args(argv)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    repo = args.repo.resolve()
+    if args.engine == "syncnet":  # the reference scorer: its own CPU shim, and no repository in the registry
+        files = make_syncnet(repo, out, args.seed)
+        reg = write_registry(out, "syncnet", None, None, files)
+        print(json.dumps({"registry": str(reg), "files": {k: str(v) for k, v in files.items()}}))
+        return 0
     # upstream's model modules need the same compat shims as the engine (numpy aliases, functional_tensor, …)
     sys.path.insert(0, str(SITE_DIR))
     import lipsync_shims
 
     lipsync_shims.install()
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    repo = args.repo.resolve()
     if args.engine == "wav2lip":
         files = make_wav2lip(repo, out, args.seed)
         reg = write_registry(out, "wav2lip", *servable_repo(repo, WAV2LIP_COMMIT, out), files)
