@@ -23,6 +23,7 @@ from .engines.base import Engine, EngineOptions, EngineRunner
 from .engines.runner import SubprocessRunner
 from .outputs import check_output_name, check_published, output_format, temp_output_path
 from .run import Run, RunFailure, RunResult
+from .tts.speech import Speech
 
 __all__ = [
     "STAGES",
@@ -210,9 +211,10 @@ class LipSyncPipeline:
 
     # -- the run -------------------------------------------------------------------------
 
-    def run(self, image: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike | None) -> RunResult:
+    def run(self, image: str | os.PathLike, audio: str | os.PathLike | Speech, output: str | os.PathLike | None) -> RunResult:
         """Validate, stage, render, upscale and publish one clip (OUTPUT may be
-        None when the options ask for ``hls`` only).
+        None when the options ask for ``hls`` only).  *audio* may be text to
+        speak: ``tts.Speech.from_text("Hello", voice="espeak-ng")``.
 
         A failure raises a :mod:`lipsync_tool.errors` error (or the unexpected
         one); :attr:`last_failure` then holds the run's report and the temp
@@ -221,9 +223,9 @@ class LipSyncPipeline:
         job.render()
         return job.finish()
 
-    def start(self, image: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike | None) -> Run:
+    def start(self, image: str | os.PathLike, audio: str | os.PathLike | Speech, output: str | os.PathLike | None) -> Run:
         """Validate and stage the inputs (CPU only).  Then ``render()`` and ``finish()``."""
-        run = Run(self, Path(image), Path(audio), Path(output) if output is not None else None)
+        run = Run(self, Path(image), audio if isinstance(audio, Speech) else Path(audio), Path(output) if output is not None else None)
         run.stage()
         return run
 

@@ -62,7 +62,19 @@ class EngineInfo:
 
     def to_dict(self) -> dict[str, Any]:
         keys = ("python", "repo", "commit", "checkpoints", "timeout_s", "raw_output", "packages", "runner", "worker_jobs", "preprocess", "encoder")
-        return {"name": self.name, **_present(**{k: getattr(self, k) for k in keys})}
+        return {"name": self.name, **_present(**{k: getattr(self, k) for k in keys}, frames_without_face=self.frames_without_face())}
+
+    def frames_without_face(self) -> dict[str, Any] | None:
+        """Frames of a face video that had no face and passed through unchanged, over
+        every engine job: their count and the first few indices (in the output's
+        frames: a chunk's are offset by the frames of the chunks before it)."""
+        count, first, offset = 0, [], 0
+        for job in self.worker_jobs or []:
+            faceless = job.get("frames_without_face") or {}
+            count += int(faceless.get("count", 0))
+            first += [offset + int(i) for i in faceless.get("first", [])]
+            offset += int(job.get("frames", 0))
+        return {"count": count, "first": first[:10]} if count else None
 
 
 @dataclass
@@ -79,10 +91,12 @@ class FaceInfo:
     faces_found: int | None = None
     #: In pixels of the user's image.
     face_boxes: list[dict[str, Any]] | None = None
+    #: The portrait advisor's findings (``lipsync-tool check``), or why it gave none.
+    advice: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         always = {k: getattr(self, k) for k in ("staged", "is_video", "width", "height", "downscaled_from", "frames", "warnings")}
-        return {**always, **_present(faces_found=self.faces_found, face_boxes=self.face_boxes)}
+        return {**always, **_present(faces_found=self.faces_found, face_boxes=self.face_boxes, advice=self.advice)}
 
 
 @dataclass
@@ -94,10 +108,14 @@ class InputsInfo:
     audio_sha256: str | None = None
     #: The probe of the audio, plus "duration" (what decodes) and "declared_duration" (the header's).
     audio_info: dict[str, Any] | None = None
+    #: Text spoken in place of an audio file (tts.speak): the text's source, sha256, length and
+    #: beginning, the voice, the settings it used, the WAV (then also "audio") and its duration.
+    speech: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         face = self.face.to_dict() if self.face is not None else None
-        return {"image": self.image, "audio": self.audio, **_present(face=face, image_sha256=self.image_sha256, audio_sha256=self.audio_sha256, audio_info=self.audio_info)}
+        present = _present(face=face, image_sha256=self.image_sha256, audio_sha256=self.audio_sha256, audio_info=self.audio_info, speech=self.speech)
+        return {"image": self.image, "audio": self.audio, **present}
 
 
 @dataclass

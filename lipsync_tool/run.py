@@ -25,6 +25,7 @@ from .errors import FaceNotFoundError, InputError, Interrupted, LipsyncError, Us
 from .outputs import HlsOutput, Output, PublishContext, Rendered, check_output_name, get_outputs
 from .report import DeviceInfo, EngineInfo, FaceInfo, InputsInfo, OutputInfo, ReportFiles, RunReport, Timer, ToolInfo
 from .streaming import check_gpu_options, resolve_encoder, runner_kind, runner_streams, stream_whole, worker_job
+from .tts.speech import Speech, speak
 
 if TYPE_CHECKING:
     from .chunking import Chunk, ChunkedRender
@@ -74,12 +75,12 @@ def rebuilt(exc: LipsyncError, **changes: Any) -> LipsyncError:
 class Run:
     """One clip through the pipeline (see the module doc)."""
 
-    def __init__(self, pipeline, image: Path, audio: Path, output: Path | None):
+    def __init__(self, pipeline, image: Path, audio: Path | Speech, output: Path | None):
         self.p = pipeline
         self.engine = pipeline.engine
         self.opts = opts = pipeline.options
         self.observer = pipeline.observer
-        self.image, self.audio, self.output = image, audio, output
+        self.image, self.audio, self.output = image, audio, output  # audio: a file, or text to speak (its WAV once staged)
         self.seed = opts.seed if opts.seed is not None else random.randrange(2**31)
         self.run_report = new_report(pipeline, image, audio, output, self.seed)
         self.timer = Timer(self.run_report.timings)
@@ -173,7 +174,8 @@ class Run:
                 self.ff = find_ffmpeg(self.p.settings.ffmpeg)
                 self.run_report.tool.ffmpeg = {"path": self.ff.path, "version": self.ff.version, "source": self.ff.source}
                 self.temp = TempWorkspace.create(keep=self.opts.keep_temp)
-                staged = stage_inputs(self.engine, self.p.engine_options, self.opts, self.image, self.audio, self.ff, self.temp.ws, self.run_report.inputs)
+                self.audio = speak(self.audio, self.temp.root, self.run_report.inputs, self.p.settings) if isinstance(self.audio, Speech) else self.audio
+                staged = stage_inputs(self.engine, self.p.engine_options, self.opts, self.image, self.audio, self.ff, self.temp.ws, self.run_report.inputs, self.p.settings)
                 self.face_path, self.face, self.audio_check = staged.face_path, staged.face, staged.audio
                 self.engine.validate(self.p.engine_options, face_is_video=self.face.is_video)
             if self.opts.install_deps:  # before the device check, which needs the engine's torch
@@ -184,7 +186,7 @@ class Run:
                     self.run_report.installed = install_deps(self.engine, engine_python(self.opts.python), log_path=self.temp.root / "install.log")
             with self.timer("validate"):
                 self._resolve_device()
-                check_gpu_options(self.opts, self.device, runner_kind(self.p.runner, self.engine))
+                check_gpu_options(self.opts, self.device, runner_kind(self.p.runner, self.engine), self.engine, self.p.engine_options)
             face = self.face
             video_fps = face.info.video.fps if face.is_video and face.info and face.info.video else None
             self.fps = video_fps if (video_fps and "fps" not in self.opts.model_fields_set) else self.opts.fps
@@ -324,23 +326,28 @@ class Run:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def check_paths(engine, engine_options, opts, image: Path, audio: Path, output: Path | None) -> None:
+def check_paths(engine, engine_options, opts, image: Path, audio: Path | Speech, output: Path | None) -> None:
     """Every path the user gave, before any work: inputs readable, every
-    file this run writes (OUTPUT, --report, --hls) safe to write."""
+    file this run writes (OUTPUT, --report, --hls) safe to write.  *audio* may
+    be text to speak, whose files (the text file, a voice model) are inputs too."""
     from .hls import hls_target
     from .targets import Target, check_input_file, check_path_name, check_targets
 
     if output is None and opts.hls is None:
         raise UsageError(f"give an {naming.option('output')} file, {naming.option('hls')} DIR, or both", subject=naming.option("output"))
     check_input_file(image, naming.option("image"), what="portrait")
-    check_input_file(audio, naming.option("audio"), what="speech audio")
+    if isinstance(audio, Speech):
+        audio_inputs = audio.check_inputs()
+    else:
+        check_input_file(audio, naming.option("audio"), what="speech audio")
+        audio_inputs = [audio]
     refs = [Path(p).expanduser() for p in engine.staged_refs(engine_options).values()]
     user_files = [Path(p).expanduser() for p in engine.user_files(engine_options).values()]
     for path in refs:
         check_input_file(path, _option_holding(engine_options, path), what="video", expect="video")
     for path in user_files:
         check_input_file(path, _option_holding(engine_options, path), what="PyTorch checkpoint (.pth)", expect="checkpoint")
-    inputs = [image, audio, *refs, *user_files]
+    inputs = [image, *audio_inputs, *refs, *user_files]
     for field_name in ("python", "cache_dir", "registry"):
         value = getattr(opts, field_name)
         if value is not None:
@@ -365,7 +372,7 @@ class StagedInputs:
     audio: Any  # media.AudioCheck
 
 
-def stage_inputs(engine, engine_options, opts, image: Path, audio: Path, ff, ws: Workspace, report: InputsInfo) -> StagedInputs:
+def stage_inputs(engine, engine_options, opts, image: Path, audio: Path, ff, ws: Workspace, report: InputsInfo, settings=None) -> StagedInputs:
     """Validate the inputs and stage them in *ws*, as the engine reads them; *report* records what was found."""
     from .engines import engines_accepting
     from .media import stage_audio, stage_face, stage_video
@@ -377,6 +384,10 @@ def stage_inputs(engine, engine_options, opts, image: Path, audio: Path, ff, ws:
     report.face = FaceInfo(str(face_path), face.is_video, face.width, face.height, face.downscaled_from, face.frames, list(face.warnings))
     if not opts.skip_face_check and engine.face_check_wanted(engine_options):
         check_face(engine, engine_options, image, face_path, face, ff, ws, report.face)
+        if engine.portrait_advice and not face.is_video and settings is not None:
+            from .advisor.prejob import advise_before_run
+
+            advise_before_run(image, face_path, python=opts.python, settings=settings, info=report.face)
     report.image_sha256 = sha256_file(image)
     report.audio_sha256 = sha256_file(audio)
     a = stage_audio(audio, ws.inputs / "audio.wav", ff)
@@ -418,7 +429,7 @@ def check_face(engine, engine_options, image: Path, face_path: Path, face, ff, w
         )
 
 
-def new_report(pipeline, image: Path, audio: Path, output: Path | None, seed: int) -> RunReport:
+def new_report(pipeline, image: Path, audio: Path | Speech, output: Path | None, seed: int) -> RunReport:
     """The report of a run that is about to start."""
     return RunReport(
         tool=ToolInfo(__version__),

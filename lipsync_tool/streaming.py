@@ -129,11 +129,14 @@ def batch_size(run) -> int | str | None:
     return "auto" if run.device.kind == "cuda" else None
 
 
-def check_gpu_options(opts, device, runner_kind: str) -> None:
-    """--fp16 needs a GPU and the warm worker: refused, never ignored."""
+def check_gpu_options(opts, device, runner_kind: str, engine=None, engine_options=None) -> None:
+    """--fp16 needs a GPU and the warm worker, and an engine may refuse options its upstream CLI cannot
+    honour under ``--runner subprocess`` (``Engine.check_runner``): refused, never ignored."""
     from . import naming
     from .errors import UsageError
 
+    if engine is not None:
+        engine.check_runner(engine_options, runner_kind)
     if opts.fp16 and device.kind != "cuda":
         raise UsageError(f"needs a CUDA GPU; this run is on {device}", subject=naming.option("fp16"), hint="Drop --fp16, or run on a GPU (--device cuda).")
     if opts.fp16 and runner_kind != "worker":

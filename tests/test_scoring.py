@@ -178,7 +178,7 @@ def test_setup_fetches_the_scorers_weights_through_the_registry(weights, tmp_pat
     env = dict(os.environ, LIPSYNC_TOOL_CACHE=str(tmp_path / "cache"))
     proc = subprocess.run([sys.executable, "-m", "lipsync_tool", "setup", "--scorer", "syncnet", "--registry", str(weights)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "The syncnet scorer's weights are ready." in proc.stdout and proc.stdout.count("downloaded") == 2
+    assert "The weights of the SyncNet scorer are ready." in proc.stdout and proc.stdout.count("downloaded") == 2
     proc = subprocess.run([sys.executable, "-m", "lipsync_tool", "setup", "--scorer", "syncnet", "--registry", str(weights)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.stdout.count("cached") == 2
     bad = tmp_path / "bad.toml"

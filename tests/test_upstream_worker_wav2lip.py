@@ -20,6 +20,10 @@ to "background"), so the identity runs pass ``--box``; the preprocessing cache
 is tested on the detector path with a test-only adapter subclass whose
 detector is a stub, and a hit is rendered by the real adapter, which would
 fail if it ran the (random) detector.
+
+``--wav2lip-quality improved`` runs on upstream's generator with ``--box``;
+frames without a face run with a stub detector that finds none in the blank
+frames of ``blank.mp4``.
 """
 
 from __future__ import annotations
@@ -84,10 +88,20 @@ class StubDetector:
         return [(60 + k % 3, 50 + k % 2, 190, 200 - k % 4) for k in range(len(images))]
 
 
+class BlankStub(StubDetector):
+    """No face in a blank image (upstream's detector answers None for such a frame)."""
+
+    def get_detections_for_batch(self, images):
+        boxes = super().get_detections_for_batch(images)
+        return [None if image.std() < 1.0 else box for image, box in zip(images, boxes)]
+
+
 class Adapter(real.Adapter):
     def new_face_alignment(self, *args, **kwargs):
-        return StubDetector()
+        return {detector}()
 '''
+#: The frames of blank.mp4 (the face video) that are black.
+BLANK = (5, 6, 7)
 
 
 # -- inputs, weights, link farms ---------------------------------------------------------------
@@ -119,6 +133,11 @@ def inputs(tmp_path_factory) -> Path:
     ff = find_ffmpeg()
     cmd = [ff.path, "-hide_banner", "-loglevel", "error", "-y", "-loop", "1", "-i", str(PORTRAIT), "-t", "1", "-r", "25"]
     cmd += ["-vf", "scale=256:256", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(d / "face.mp4")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    black = "+".join(f"eq(n,{n})" for n in BLANK)
+    cmd = [ff.path, "-hide_banner", "-loglevel", "error", "-y", "-i", str(d / "face.mp4"), "-vf", f"drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill:enable='{black}'"]
+    cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", str(d / "blank.mp4")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     return d
@@ -164,8 +183,10 @@ def argv(face: str, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def job(root: Path, args: list[str], *, video: bool = False, preprocess: dict | None = None, batch_size: int | None = None, fp16: bool = False) -> dict:
-    face = root / "inputs" / ("face.mp4" if video else "face.jpg")
+def job(
+    root: Path, args: list[str], *, video: bool = False, preprocess: dict | None = None, batch_size: int | None = None, fp16: bool = False, options: dict | None = None
+) -> dict:
+    face = root / "inputs" / (Path(args[args.index("--face") + 1]).name if "--face" in args else "face.jpg")
     return {
         "argv": args,
         "cwd": str(root / "work"),
@@ -175,7 +196,7 @@ def job(root: Path, args: list[str], *, video: bool = False, preprocess: dict | 
         "fps": 25.0,
         "device": "cpu",
         "seed": 0,
-        "options": {},
+        "options": options or {},
         "batch_size": batch_size,
         "fp16": fp16,
         "preprocess": preprocess,
@@ -266,7 +287,7 @@ def test_two_jobs_in_one_worker_reuse_the_model(inputs, weights, tmp_path):
 
 def test_preprocess_cache_hit_gives_the_frames_of_the_miss(inputs, weights, tmp_path):
     stub = tmp_path / "stub_adapter.py"
-    stub.write_text(STUB_ADAPTER.format(adapter=str(ADAPTER)))
+    stub.write_text(STUB_ADAPTER.format(adapter=str(ADAPTER), detector="StubDetector"))
     args = argv("face.mp4")  # no --box: upstream's face_detect runs (with the stub detector)
     cache = tmp_path / "preprocess"
     with worker(tmp_path / "stub", inputs, weights, adapter=stub) as (w, new_root):
@@ -324,3 +345,68 @@ def test_face_not_detected_then_the_next_job_works(inputs, weights, tmp_path):
     assert refused.error is not None and refused.error["kind"] == "usage"
     assert len(rendered(ok)) == mel_chunk_count(AUDIO_SECONDS)
     assert ok.notes["models"]["loaded"] is True  # the failed jobs never got as far as the model
+
+
+# -- (e) --wav2lip-quality improved, and frames without a face ----------------------------------------
+
+
+def read_video(path: Path) -> np.ndarray:
+    import cv2
+
+    stream = cv2.VideoCapture(str(path))
+    frames = []
+    while len(frames) < 1000:
+        ok, frame = stream.read()
+        if not ok:
+            break
+        frames.append(frame)
+    stream.release()
+    return np.stack(frames)
+
+
+def test_improved_keeps_every_pixel_outside_the_mouth_mask(inputs, weights, tmp_path):
+    import cv2
+
+    from lipsync_tool.engines.workerd import blend
+
+    args = argv("face.jpg", *IMAGE_BOX)
+    improved = {"wav2lip_quality": "improved", "wav2lip_mask_size": 0.8, "wav2lip_mask_feather": 0.1}
+    with worker(tmp_path, inputs, weights) as (w, new_root):
+        fast = rendered(w.job(job(new_root(), args)))
+        better = rendered(w.job(job(new_root(), args, options=improved)))
+    source = cv2.imread(str(inputs / "face.jpg"))
+    y1, y2, x1, x2 = (int(v) for v in IMAGE_BOX[1:])
+    mask = blend.frame_mask(source.shape, (y1, y2, x1, x2), 0.8, 0.1)
+    assert (mask > 0).sum() > 1000 and len(better) == len(fast) == mel_chunk_count(AUDIO_SECONDS)
+    for b, f in zip(better, fast, strict=True):
+        assert np.array_equal(b[mask == 0], source[mask == 0]), "a pixel outside the mask changed"
+        assert np.array_equal(b[mask == 1], f[mask == 1])  # the mouth is upstream's paste
+    assert not np.array_equal(fast[0][mask == 0], source[mask == 0])  # fast pastes the whole box
+
+
+def test_frames_without_a_face_pass_through_unchanged(inputs, weights, tmp_path):
+    stub = tmp_path / "blank_adapter.py"
+    stub.write_text(STUB_ADAPTER.format(adapter=str(ADAPTER), detector="BlankStub"))
+    args = argv("blank.mp4")
+    cache = tmp_path / "preprocess"
+    with worker(tmp_path / "stub", inputs, weights, adapter=stub) as (w, new_root):
+        ok = w.job(job(new_root(), args, video=True, preprocess={"dir": str(cache), "hit": False}))
+        better = w.job(job(new_root(), args, video=True, options={"wav2lip_quality": "improved"}))
+        strict_root = new_root()
+        strict = w.job(job(strict_root, args, video=True, options={"require_face_every_frame": True}))
+    source = read_video(inputs / "blank.mp4")
+    for result in (ok, better):
+        frames = rendered(result)
+        assert len(frames) == mel_chunk_count(AUDIO_SECONDS) > len(source)  # upstream cycles through the video
+        assert result.notes["frames_without_face"] == {"count": 3, "first": list(BLANK)}
+        for i, frame in enumerate(frames):
+            assert np.array_equal(frame, source[i % len(source)]) == (i in BLANK), i
+    assert json.loads((cache / "boxes.json").read_text())["faceless"] == list(BLANK)
+    assert strict.error is not None and "Face not detected!" in strict.error["message"]
+    assert (strict_root / "work" / "temp" / "faulty_frame.jpg").is_file()
+    # The real adapter (random s3fd) renders a cache hit as the miss, blank frames included; a hit with faces required fails.
+    with worker(tmp_path / "real", inputs, weights) as (w, new_root):
+        hit = w.job(job(new_root(), args, video=True, preprocess={"dir": str(cache), "hit": True}))
+        strict_hit = w.job(job(new_root(), args, video=True, preprocess={"dir": str(cache), "hit": True}, options={"require_face_every_frame": True}))
+    assert np.array_equal(rendered(hit), rendered(ok)) and hit.notes["frames_without_face"]["count"] == 3
+    assert strict_hit.error is not None and "Face not detected!" in strict_hit.error["message"]

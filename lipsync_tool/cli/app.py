@@ -6,14 +6,14 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import cache, info, run, score, serve, workflows
+from . import cache, check, info, run, score, serve, workflows
 from .commands import App, DefaultRunGroup
 from .console import out
 from .options import engine_parameters, no_engine_parameters
 
 #: Invocations that never reach an engine option, so the option panels (and
 #: the pydantic models behind them) need not be built.
-LIGHT_INVOCATIONS = {"--help", "-h", "--version", "engines", "cache", "doctor", "serve", "score"}
+LIGHT_INVOCATIONS = {"--help", "-h", "--version", "engines", "cache", "doctor", "serve", "score", "check"}
 
 _HELP = (
     "Turn a portrait and a speech recording into a lip-synced 1080p video with SadTalker or Wav2Lip.\n\n"
@@ -51,6 +51,7 @@ def build_app(with_engine_options: bool = True) -> typer.Typer:
     cache.add_commands(app)
     workflows.add_commands(app, engine_params)
     score.add_commands(app)
+    check.add_commands(app)
     serve.add_commands(app)
     return app
 

@@ -26,14 +26,14 @@ def add_commands(app: typer.Typer, engine_params: EngineParams) -> None:
     def setup(**values: Any) -> None:
         guard(do_setup, values)
 
-    scorer = inspect.Parameter(
-        "scorer",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[Optional[str], typer.Option("--scorer", help="Also (or only, without --engine) fetch a scorer's weights: syncnet.", show_default=False)],
-    )
+    K = inspect.Parameter.KEYWORD_ONLY
+    extras = [
+        inspect.Parameter("scorer", K, default=None, annotation=Annotated[Optional[str], typer.Option("--scorer", help="Also (or only, without --engine) fetch a scorer's weights: syncnet.", show_default=False)]),
+        inspect.Parameter("voice", K, default=None, annotation=Annotated[Optional[str], typer.Option("--voice", help="Also (or only) fetch a text-input voice model: piper.", show_default=False)]),
+        inspect.Parameter("advisor", K, default=False, annotation=Annotated[bool, typer.Option("--advisor", help="Also (or only) fetch the portrait advisor's face-alignment weights ('check').")]),
+    ]
     app.command("setup", help="Prefetch the repository and checkpoints (and with --install-deps the packages) that these options need.")(
-        command_with(setup, [*pick(common_parameters(), _SETUP_OPTIONS), scorer, *engine_params()])
+        command_with(setup, [*pick(common_parameters(), _SETUP_OPTIONS), *extras, *engine_params()])
     )
 
     @app.command("doctor", help="Check ffmpeg, git, Python, torch/CUDA, the cache and each engine (exit 1 if something is wrong).")
@@ -64,11 +64,17 @@ def do_setup(values: dict[str, Any]) -> int:
 
     setup_logging(values.pop("log_level"))
     observer = ConsoleObserver()
-    scorer = values.pop("scorer", None)
-    if scorer is not None:
-        setup_scorer(scorer, values, observer)
-        if values.get("engine") is None:
-            return 0
+    wanted = [(n, "--scorer", "syncnet") for n in [values.pop("scorer", None)] if n is not None]
+    wanted += [(n, "--voice", "piper") for n in [values.pop("voice", None)] if n is not None]
+    wanted += [("face_alignment", "--advisor", "face_alignment")] if values.pop("advisor", False) else []
+    for name, flag, known in wanted:
+        if name != known:
+            from ..errors import UsageError
+
+            raise UsageError(f"unknown name {name!r} (known: {known})", subject=flag)
+        setup_component(name, values, observer)
+    if wanted and values.get("engine") is None:
+        return 0
     engine = values.pop("engine")
     install = values.pop("install_deps")
     python = values.pop("python", None)
@@ -92,15 +98,12 @@ def do_setup(values: dict[str, Any]) -> int:
     return 0
 
 
-def setup_scorer(name: str, values: dict[str, Any], observer: ConsoleObserver) -> None:
-    """``setup --scorer syncnet``: its weights, fetched and verified into the cache."""
+def setup_component(name: str, values: dict[str, Any], observer: ConsoleObserver) -> None:
+    """``setup --scorer syncnet`` (``--voice piper``, ``--advisor``): its weights, fetched and verified into the cache."""
     from ..config import Settings
-    from ..errors import UsageError
-    from ..resources.components import COMPONENTS, ComponentResources
+    from ..resources.components import SETUP_FLAGS, ComponentResources
     from ..resources.download import Downloader
 
-    if name not in COMPONENTS:
-        raise UsageError(f"unknown scorer {name!r} (known: {', '.join(sorted(COMPONENTS))})", subject="--scorer")
     settings = Settings.from_env(cache_dir=values.get("cache_dir"), offline=values.get("offline"), registry=values.get("registry"))
     downloader = Downloader(progress=observer.download_bar, on_wait=observer.waiting, offline=settings.offline)
     res = ComponentResources(name, settings.cache_dir, registry_file=settings.registry, offline=settings.offline, downloader=downloader)
@@ -108,7 +111,7 @@ def setup_scorer(name: str, values: dict[str, Any], observer: ConsoleObserver) -
         files = res.ensure()
     finally:
         observer.done()
-    out(f"The {name} scorer's weights are ready.")
+    out(f"The weights of {SETUP_FLAGS[name][1]} are ready.")
     for f in files.values():
         out(f"  {f.name:<36} {f.action:<10} {f.sha256[:16]}…  {f.path}")
 

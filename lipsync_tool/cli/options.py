@@ -22,6 +22,7 @@ EngineParams = Callable[[], list[inspect.Parameter]]
 COMMON = "Common options"
 OUTPUT = "Output options"
 RES = "Resources"
+TEXT = "Text input"
 
 
 def _cli_type(annotation: Any, aliases: list[str]) -> Any:
@@ -115,6 +116,42 @@ def common_parameters() -> list[inspect.Parameter]:
         opt("offline", bool, "--offline", default=False, envvar=ENV_OFFLINE, rich_help_panel=RES),
         opt("registry", Optional[Path], "--registry", envvar=ENV_REGISTRY, metavar="FILE", show_default=False, rich_help_panel=RES),
         opt("log_level", Literal["DEBUG", "INFO", "WARNING", "ERROR"], "--log-level", default="WARNING"),
+    ]
+
+
+def run_parameters() -> list[inspect.Parameter]:
+    """``run``'s: the common ones with AUDIO optional, since ``--text`` or
+    ``--text-file`` may take its place (``IMAGE OUTPUT --text "…"``), and the
+    text options after OUTPUT."""
+    audio_help = "The speech (wav, mp3, m4a, flac, ogg/opus, or a video's audio track). Left out with --text or --text-file: then IMAGE OUTPUT."
+    params: list[inspect.Parameter] = []
+    for p in common_parameters():
+        params.append(_argument("audio", Optional[Path], audio_help, default=None) if p.name == "audio" else p)
+        if p.name == "output":
+            params += text_parameters()
+    return params
+
+
+def text_parameters() -> list[inspect.Parameter]:
+    """Text in place of AUDIO, and the voice that speaks it (lipsync_tool.tts)."""
+
+    def opt(name: str, ann: Any, flag: str, help_: str, **kw: Any) -> inspect.Parameter:
+        option = typer.Option(flag, help=help_, show_default=False, rich_help_panel=TEXT, **kw)
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[ann, option])
+
+    return [
+        opt("text", Optional[str], "--text", "Speak this text in place of AUDIO (then give IMAGE OUTPUT).", metavar="TEXT"),
+        opt("text_file", Optional[Path], "--text-file", "Speak the UTF-8 text of FILE in place of AUDIO.", metavar="FILE"),
+        opt(
+            "voice",
+            Optional[str],
+            "--voice",
+            "The voice that speaks it: piper, espeak-ng (a variant with espeak-ng:en-gb) or a plug-in's. "
+            "(default: piper where piper-tts and its verified voice model are there, else espeak-ng)",
+            metavar="NAME[:VARIANT]",
+        ),
+        opt("voice_rate", Optional[int], "--voice-rate", "Words per minute (espeak-ng: 80..450, default 175; piper: its length scale, approximately).", metavar="WPM", min=1),
+        opt("voice_model", Optional[Path], "--voice-model", "A piper voice model of your own (FILE.onnx, with FILE.onnx.json beside it).", metavar="FILE"),
     ]
 
 

@@ -367,6 +367,13 @@ class Engine(ABC):
         these options preprocess nothing worth caching."""
         return None
 
+    #: Whether the portrait advisor (``lipsync-tool check``: face-alignment in the engine's interpreter) runs
+    #: before each job on a still portrait, after the face pre-check (``--skip-face-check`` skips both).
+    portrait_advice: ClassVar[bool] = True
+
+    def check_runner(self, options: EngineOptions, runner_kind: str) -> None:
+        """Raise a UsageError for options this runner kind (``worker`` or ``subprocess``) cannot honour."""
+
     def face_check_wanted(self, options: EngineOptions) -> bool:
         """Whether the pipeline's face pre-check is worth running (False where
         the options already place the face)."""

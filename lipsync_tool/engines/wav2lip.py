@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -98,6 +98,11 @@ OOM_HINT = (
 CPU_OOM_HINT = "Lower --wav2lip-batch-size and --wav2lip-face-det-batch-size, raise --wav2lip-resize-factor (video), or shorten the audio."
 
 Quad = tuple[int, int, int, int]
+#: --wav2lip-mask-size and --wav2lip-mask-feather (the same as workerd/blend.py's defaults; a test holds them equal).
+MASK_SIZE = 0.75
+MASK_FEATHER = 0.08
+#: Options the warm worker's adapter honours and upstream's own CLI has no way to.
+WORKER_ONLY_HINT = "Drop --runner subprocess (the warm worker is the default), or use --wav2lip-quality fast."
 
 
 class Wav2LipOptions(EngineOptions):
@@ -138,6 +143,36 @@ class Wav2LipOptions(EngineOptions):
         json_schema_extra=field_cli("--wav2lip-box", help="A fixed face box, as X1 Y1 X2 Y2, instead of face detection (s3fd is then not downloaded).", metavar="X1 Y1 X2 Y2"),
     )
     wav2lip_rotate: bool = Field(False, json_schema_extra=field_cli("--wav2lip-rotate", help="Rotate a face video 90° clockwise first (video only)."))
+    wav2lip_quality: Literal["fast", "improved"] = Field(
+        "fast",
+        json_schema_extra=field_cli(
+            "--wav2lip-quality",
+            help="fast: upstream's output (the whole generated face box pasted back); improved: the original frame, with only "
+            "the mouth of the generated face pasted through a feathered mask (needs the warm worker).",
+        ),
+    )
+    wav2lip_mask_size: float = Field(
+        MASK_SIZE,
+        gt=0,
+        le=1,
+        json_schema_extra=field_cli("--wav2lip-mask-size", help=f"improved: how much of the lower face box the mouth mask covers, 0-1. (default: {MASK_SIZE})"),
+    )
+    wav2lip_mask_feather: float = Field(
+        MASK_FEATHER,
+        ge=0,
+        le=4096,
+        json_schema_extra=field_cli(
+            "--wav2lip-mask-feather",
+            help=f"improved: the mask's soft edge; below 1 a fraction of the face box, else whole pixels. (default: {MASK_FEATHER})",
+        ),
+    )
+    require_face_every_frame: bool = Field(
+        False,
+        json_schema_extra=field_cli(
+            "--require-face-every-frame",
+            help="Fail when a frame of a face video has no face (upstream's behaviour); by default such frames pass through unchanged (warm worker).",
+        ),
+    )
 
     @field_validator("wav2lip_checkpoint")
     @classmethod
@@ -172,6 +207,13 @@ class Wav2LipOptions(EngineOptions):
         x1, y1, x2, y2 = v
         if x1 < 0 or y1 < 0 or (x2 != -1 and x2 <= x1) or (y2 != -1 and y2 <= y1):
             raise ValueError(f"crop must be X1 Y1 X2 Y2 with X1 < X2 (or -1) and Y1 < Y2 (or -1), not {' '.join(map(str, v))}")
+        return v
+
+    @field_validator("wav2lip_mask_feather")
+    @classmethod
+    def _feather(cls, v: float) -> float:
+        if v >= 1 and v != int(v):
+            raise ValueError(f"a feather of 1 or more is in whole pixels, not {v} (below 1 it is a fraction of the face box)")
         return v
 
     @property
@@ -221,6 +263,10 @@ class Wav2Lip(Engine):
         assert isinstance(options, Wav2LipOptions)
         if options.checkpoint_name is None and not Path(options.wav2lip_checkpoint).expanduser().is_file():
             raise InputError("no such file (given as --wav2lip-checkpoint)", subject=options.wav2lip_checkpoint, hint="Give wav2lip, wav2lip_gan, or the path of a .pth file.")
+        if options.wav2lip_quality == "fast":
+            tuning = [flag for name, flag in (("wav2lip_mask_size", "--wav2lip-mask-size"), ("wav2lip_mask_feather", "--wav2lip-mask-feather")) if name in options.model_fields_set]
+            if tuning:
+                raise UsageError("tunes --wav2lip-quality improved only", subject=", ".join(tuning), hint="Add --wav2lip-quality improved, or drop it.")
         if not face_is_video:
             video_only = [
                 flag
@@ -237,6 +283,16 @@ class Wav2Lip(Engine):
                     subject=", ".join(video_only),
                     hint="Drop it, or crop and rotate the image itself.",
                 )
+
+    def check_runner(self, options: EngineOptions, runner_kind: str) -> None:
+        """Refuse what only the warm worker can do when the run uses upstream's own CLI (``--runner subprocess``)."""
+        assert isinstance(options, Wav2LipOptions)
+        if runner_kind != "worker" and options.wav2lip_quality != "fast":
+            raise UsageError(
+                f"{options.wav2lip_quality} needs the warm worker runner; upstream's own inference.py (--runner subprocess) can only paste the whole face box",
+                subject="--wav2lip-quality",
+                hint=WORKER_ONLY_HINT,
+            )
 
     def build_command(self, job: Job, options: EngineOptions, ws: Workspace) -> Command:
         assert isinstance(options, Wav2LipOptions)

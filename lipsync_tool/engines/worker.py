@@ -56,7 +56,9 @@ class WorkerJobResult:
     seconds: float
     #: The adapter's notes (models loaded, preprocessing hit, …).
     info: dict[str, Any] = field(default_factory=dict)
-    #: The worker: pid, log, jobs it has run, whether it was started for this job.
+    #: The worker: pid, log, jobs it has run, whether it was started for this job;
+    #: and the adapter's facts about the job's frames (:data:`JOB_FACTS`), which
+    #: the report keeps with the job.
     worker: dict[str, Any] = field(default_factory=dict)
 
 
@@ -215,6 +217,8 @@ class WorkerRunner(EngineRunner):
                 if scope is not None:
                     scope.release(worker.proc)
             result.worker = {"pid": worker.pid, "log": str(worker.log_path), "job": worker.jobs, "started_for_this_job": fresh}
+            result.worker.update({k: result.info[k] for k in JOB_FACTS if k in result.info})
+            _warn_faceless(engine, result.info.get("frames_without_face"))
             return result
 
     def _exchange(self, engine, worker: WorkerProcess, request, sink: FrameSink, deadline: float, timeout: float, ws, log_path: Path, offset: int) -> WorkerJobResult:
@@ -299,6 +303,23 @@ class WorkerRunner(EngineRunner):
     def workers(self) -> dict[str, int]:
         """engine@device → pid of its live worker (for tests and reports)."""
         return {slot: w.pid for slot, (_, w) in self._workers.items() if w.alive()}
+
+
+#: Adapter notes that are facts about a job's frames: reported with the job
+#: (``engine.worker_jobs``; the report sums ``frames_without_face``).
+JOB_FACTS = ("frames_without_face",)
+
+
+def _warn_faceless(engine: Engine, faceless: dict[str, Any] | None) -> None:
+    """Frames of a face video without a face passed through unchanged: say how many."""
+    if not faceless or not faceless.get("count"):
+        return
+    count, first = int(faceless["count"]), [int(i) for i in faceless.get("first", [])]
+    shown = ", ".join(map(str, first)) + (", …" if count > len(first) else "")
+    log.warning(
+        "%d frame%s of the face video had no face that %s could find and passed through unchanged (frame%s %s)",
+        count, "" if count == 1 else "s", engine.display_name, "" if count == 1 else "s", shown,
+    )  # fmt: skip
 
 
 #: Per-job variables: never a reason to start another worker.

@@ -25,6 +25,14 @@ from .registry import COMPONENTS, component_specs, read_override
 
 log = logging.getLogger(__name__)
 
+#: component → the ``setup`` flags that fetch it ahead (and what it is, for messages).
+SETUP_FLAGS = {"syncnet": ("--scorer syncnet", "the SyncNet scorer"), "piper": ("--voice piper", "the piper voice"), "face_alignment": ("--advisor", "the portrait advisor")}
+
+
+def setup_command(component: str) -> str:
+    return f"lipsync-tool setup {SETUP_FLAGS.get(component, (f'--scorer {component}', ''))[0]}"
+
+
 @dataclass(frozen=True)
 class ComponentFile:
     name: str
@@ -82,7 +90,7 @@ class ComponentResources:
             if missing:
                 raise OfflineError(
                     missing,
-                    hint=f"Run 'lipsync-tool setup --scorer {self.component}' where there is network and copy the cache folder "
+                    hint=f"Run '{setup_command(self.component)}' where there is network and copy the cache folder "
                     f"({self.cache.root}) here, or give file:// mirrors in a registry override file (--registry).",
                 )
         files = {}

@@ -41,8 +41,10 @@ CHECKPOINT_KEYS = {"urls", "sha256", "size"}
 
 _OXFORD = "https://www.robots.ox.ac.uk/~vgg/software/lipsync/data/"
 _LATENTSYNC = "https://huggingface.co/ByteDance/LatentSync-1.6/resolve/main/auxiliary/"
+_FAN = "https://www.adrianbulat.com/downloads/python-fan/"
+_PIPER_VOICES = "https://huggingface.co/rhasspy/piper-voices/resolve/v1.0.0/en/en_US/lessac/medium/"
 
-# -- components: weights that are not an engine's (the SyncNet scorer's) --------------------
+# -- components: weights that are not an engine's (the SyncNet scorer's, the piper voice) ----
 
 #: component → its checkpoints.  The Oxford VGG files are the ones syncnet_python's
 #: ``download_model.sh`` fetches; LatentSync ships byte-identical copies.
@@ -63,6 +65,44 @@ COMPONENTS: dict[str, tuple[CheckpointSpec, ...]] = {
             sha256="d54a87c2b7543b64729c9a25eafd188da15fd3f6e02f0ecec76ae1b30d86c491",
             dest="sfd_face.pth",
             licence="S3FD face detector weights in syncnet_python's format.",
+        ),
+    ),
+    # The default neural voice of text input (lipsync_tool/tts/piper.py): the model and its config, which must sit side by side.
+    # Sizes as several independent manifests record them beside these sha256s (the download checks both).
+    "piper": tuple(
+        CheckpointSpec(
+            name=name,
+            urls=(_PIPER_VOICES + name,),
+            size=size,
+            sha256=sha256,
+            dest=name,
+            licence="Piper voice en_US-lessac-medium (rhasspy/piper-voices), trained on the Lessac Blizzard 2013 data; see its MODEL_CARD for the terms.",
+        )
+        for name, size, sha256 in (
+            ("en_US-lessac-medium.onnx", 63_201_294, "5efe09e69902187827af646e1a6e9d269dee769f9877d17b16b1b46eeaaf019f"),
+            ("en_US-lessac-medium.onnx.json", 4_885, "efe19c417bed055f2d69908248c6ba650fa135bc868b0e6abb3da181dab690a0"),
+        )
+    ),
+    # face-alignment's detector and 2D landmark network (``lipsync-tool check``, lipsync_tool/advisor/),
+    # from face-alignment's own host.  The S3FD file is byte-identical to the talking-face engine's s3fd.pth.
+    "face_alignment": (
+        CheckpointSpec(
+            name="s3fd-619a316812.pth",
+            urls=(_FAN + "s3fd-619a316812.pth",),
+            size=89_843_225,
+            sha256="619a31681264d3f7f7fc7a16a42cbbe8b23f31a256f75a366e5a1bcd59b33543",
+            dest="s3fd-619a316812.pth",
+            licence="S3FD face detector (BSD-3-Clause), as face-alignment publishes it.",
+            serves_url=_FAN + "s3fd-619a316812.pth",
+        ),
+        CheckpointSpec(
+            name="2DFAN4-cd938726ad.zip",
+            urls=(_FAN + "2DFAN4-cd938726ad.zip",),
+            size=96_316_515,
+            sha256="cd938726adb1f15f361263cce2db9cb820c42585fa8796ec72ce19107f369a46",
+            dest="2DFAN4-cd938726ad.zip",
+            licence="2D-FAN landmark network of face-alignment (BSD-3-Clause), as TorchScript.",
+            serves_url=_FAN + "2DFAN4-cd938726ad.zip",
         ),
     ),
 }

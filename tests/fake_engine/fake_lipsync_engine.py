@@ -24,6 +24,14 @@ class FakeOptions(EngineOptions):
     fake_sleep: float = Field(0.0, ge=0, json_schema_extra=field_cli("--fake-sleep", help="Seconds the fake engine sleeps before rendering."))
     fake_wav2lip_mux: bool = Field(False, json_schema_extra=field_cli("--fake-wav2lip-mux", help="Finish with Wav2Lip's shell-string ffmpeg mux."))
     fake_frame_delay: float = Field(0.0, ge=0, json_schema_extra=field_cli("--fake-frame-delay", help="Seconds the fake worker waits between batches of 8 frames."))
+    fake_quality: Literal["off", "fast", "improved"] = Field(
+        "off", json_schema_extra=field_cli("--fake-quality", help="off: the face unchanged; fast/improved: a fake generator pasted as Wav2Lip's qualities do (worker only).")
+    )
+    fake_mask_size: float | None = Field(None, gt=0, le=1, json_schema_extra=field_cli("--fake-mask-size", help="improved: the mouth mask's size."))
+    fake_mask_feather: float | None = Field(None, ge=0, json_schema_extra=field_cli("--fake-mask-feather", help="improved: the mouth mask's feather."))
+    fake_require_face_every_frame: bool = Field(
+        False, json_schema_extra=field_cli("--fake-require-face-every-frame", help="Fail when a frame of the face has no face.")
+    )
     fake_fail_on_run: int = Field(0, ge=0, json_schema_extra=field_cli("--fake-fail-on-run", help="Crash on the N-th invocation (counted in $FAKE_ENGINE_COUNTER)."))
 
 
@@ -64,12 +72,15 @@ class FakeEngine(Engine):
     native_fps = True
     ffmpeg_copy_video_to = "results/result.mp4"
     worker_adapter = str(Path(__file__).with_name("fake_worker_adapter.py"))
+    #: The advisor's face-alignment run would slow every fake job; tests/test_advisor.py turns it on.
+    portrait_advice = False
 
     def required_checkpoints(self, options):
         return [self.checkpoint("fake.ckpt")]
 
     def preprocess_key(self, options):
-        return {"size": 256}
+        # fast/improved cache every frame of the face, off only the first.
+        return {"size": 256} if options.fake_quality == "off" else {"size": 256, "frames": "all"}
 
     def build_command(self, job: Job, options: EngineOptions, ws: Workspace) -> Command:
         assert isinstance(options, FakeOptions)

@@ -5,6 +5,15 @@ served by a long-lived worker.
 Its "model" is the checkpoint's sha256, loaded once per worker; its
 "preprocessing" is the face scaled to --size and decoded to raw BGR by the
 ``ffmpeg`` on PATH, which the preprocessing cache keeps.
+
+With ``fake_quality`` fast or improved (the engine's options, as Wav2Lip's
+adapter reads ``wav2lip_quality``) it behaves like Wav2Lip's loop instead:
+every frame of the face (image or video) is read; its "detector" finds no
+face in a blank frame and otherwise a fixed box; its "generator" is the box
+squeezed through 96x96 and brightened; fast pastes the whole box, improved
+only the mouth through ``workerd/blend.py``; frames without a face pass
+through unchanged.  With ``$FAKE_ENGINE_FRAMES`` (a folder) it saves the
+frames it read (``input.npy``) and those it sent (``output.npy``).
 """
 
 import hashlib
@@ -14,6 +23,8 @@ import subprocess
 import sys
 import time
 
+#: The fake detector's face box, as fractions of the frame: y1 y2 x1 x2.
+FAKE_BOX = (0.15, 0.95, 0.2, 0.8)
 
 def count_run() -> int:
     counter = os.environ.get("FAKE_ENGINE_COUNTER")
@@ -93,6 +104,8 @@ class Adapter:
             print("done, but wrote nothing")
             return {}
         time.sleep(args.sleep)
+        if ctx.options.get("fake_quality", "off") != "off":
+            return self.render_faces(ctx, args)
         frame = self.face_frame(ctx, args)
         seconds = (os.path.getsize(args.audio) - 44) / 32000 + args.extra_seconds
         count = max(1, round(seconds * args.fps))
@@ -112,3 +125,78 @@ class Adapter:
         if ctx.job.get("batch_size") is not None:
             ctx.note("batch_size", {"value": ctx.job["batch_size"], "source": "job"})
         return {"frames": count}
+
+    # -- fake_quality fast / improved: Wav2Lip's loop, faked ------------------------------------------
+
+    def face_frames(self, ctx, args):
+        """Every frame of the face at --size, as N x size x size x 3 BGR (cached by the parent when it asks)."""
+        import numpy as np
+
+        pre = ctx.preprocess
+        cached = os.path.join(pre["dir"], "frames.bgr") if pre else None
+        if pre and pre["hit"]:
+            ctx.note("preprocess", {"hit": True})
+            data = open(cached, "rb").read()
+        else:
+            argv = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", args.face,
+                    "-vf", f"scale={args.size}:{args.size}", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"]  # fmt: skip
+            data = subprocess.run(argv, capture_output=True, check=True, timeout=120).stdout
+            if cached:
+                with open(cached, "wb") as f:
+                    f.write(data)
+            ctx.note("preprocess", {"hit": False})
+        return np.frombuffer(data, dtype=np.uint8).reshape(-1, args.size, args.size, 3)
+
+    def render_faces(self, ctx, args):
+        import lipsync_worker  # the worker's main module (its helpers)
+        import numpy as np
+
+        options = ctx.options
+        frames = self.face_frames(ctx, args)
+        still = len(frames) == 1
+        faceless = [i for i, f in enumerate(frames) if f.std() < 1.0]  # the fake detector: a blank frame has no face
+        if faceless and (still or len(faceless) == len(frames) or options.get("fake_require_face_every_frame")):
+            raise ValueError("Face not detected! Ensure the video contains a face in all the frames.")
+        s = args.size
+        box = (round(FAKE_BOX[0] * s), round(FAKE_BOX[1] * s), round(FAKE_BOX[2] * s), round(FAKE_BOX[3] * s))
+        blend = lipsync_worker.load_helper("blend")
+        size = options.get("fake_mask_size") or blend.DEFAULT_SIZE
+        feather = options.get("fake_mask_feather")
+        feather = blend.DEFAULT_FEATHER if feather is None else feather
+        count = max(1, round(((os.path.getsize(args.audio) - 44) / 32000 + args.extra_seconds) * args.fps))
+        out, passed = [], []
+        for i in range(count):
+            source = i % len(frames)
+            frame = frames[source].copy()
+            if source in faceless:
+                passed.append(i)
+            elif options["fake_quality"] == "fast":
+                y1, y2, x1, x2 = box
+                frame[y1:y2, x1:x2] = fake_generator(frame[y1:y2, x1:x2])
+            else:
+                y1, y2, x1, x2 = box
+                blend.paste_mouth(frame, fake_generator(frame[y1:y2, x1:x2]), box, size, feather)
+            out.append(frame)
+        ctx.video(s, s, args.fps)
+        for start in range(0, count, 8):
+            ctx.frames(np.stack(out[start : start + 8]))
+            ctx.progress("render", min(count, start + 8), count)
+        if passed:
+            ctx.note("frames_without_face", {"count": len(passed), "first": passed[:10]})
+        dump = os.environ.get("FAKE_ENGINE_FRAMES")
+        if dump:
+            os.makedirs(dump, exist_ok=True)
+            np.save(os.path.join(dump, "input.npy"), frames)
+            np.save(os.path.join(dump, "output.npy"), np.stack(out))
+        return {"frames": count}
+
+
+def fake_generator(face):
+    """What the fake model makes of a face crop: squeezed through 96x96 (as Wav2Lip's is) and brightened."""
+    import cv2
+    import numpy as np
+
+    h, w = face.shape[:2]
+    small = cv2.resize(face, (96, 96), interpolation=cv2.INTER_AREA)
+    small = np.clip(small.astype(np.int16) + 30, 0, 255).astype(np.uint8)
+    return cv2.resize(small, (w, h))

@@ -36,6 +36,17 @@ def _load(name: str, path: str):
 protocol = _load("lipsync_worker_protocol", os.path.join(_HERE, "protocol.py"))
 #: GPU sizing for adapters: ``lipsync_worker.gpu``.
 gpu = _load("lipsync_worker_gpu", os.path.join(_HERE, "gpu.py"))
+#: Helpers that need more than the stdlib (``blend``: numpy, OpenCV), loaded on first use.
+HELPERS = ("blend",)
+
+
+def load_helper(name: str):
+    """``lipsync_worker.load_helper("blend")``: a helper module of this folder, loaded once
+    in the engine's interpreter (it may import what the engine has: numpy, OpenCV)."""
+    if name not in HELPERS:
+        raise ImportError(f"no worker helper named {name!r}")
+    module = sys.modules.get(f"lipsync_worker_{name}")
+    return module if module is not None else _load(f"lipsync_worker_{name}", os.path.join(_HERE, f"{name}.py"))
 
 
 class JobFailed(Exception):

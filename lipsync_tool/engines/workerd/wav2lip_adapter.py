@@ -22,8 +22,17 @@ of upstream is copied here:
   ``FaceAlignment`` returns a kept instance (the detector holds no per-call
   state).
 * The preprocessing cache holds the face boxes upstream's ``face_detect``
-  returned (after pads and smoothing); on a hit the crops are cut from the
-  frames as upstream cuts them, and the detector is not run.
+  returned (after pads and smoothing), and the frames without a face; on a
+  hit the crops are cut from the frames as upstream cuts them, and the
+  detector is not run.
+* Frames of a face video where s3fd finds no face pass through unchanged
+  (unless ``require_face_every_frame``): for this job the kept detector is
+  wrapped (:class:`_Recording`) so it notes them and hands upstream's
+  ``face_detect`` a stand-in box (the last face found), and the loop sends
+  those frames as they were read.  An image, ``--static``, or a video with no
+  face at all fails as upstream does.
+* ``wav2lip_quality = improved`` pastes only the mouth of the generated face
+  through a feathered mask (``workerd/blend.py``); ``fast`` is upstream's paste.
 
 Upstream's own exceptions (``Face not detected!``, ``Mel contains nan``, …)
 propagate unchanged: the traceback in the log is what the engine's error
@@ -46,7 +55,10 @@ import lipsync_worker
 
 #: Where the preprocessing cache keeps the face boxes.
 BOXES_FILE = "boxes.json"
-BOXES_VERSION = 1
+BOXES_VERSION = 2  # 2 added "faceless"; a version 1 entry has none (its run needed a face in every frame)
+#: Frame indices listed in the report's note on frames without a face.
+FIRST_FACELESS = 10
+NO_FACE = "Face not detected! Ensure the video contains a face in all the frames."
 #: Upstream's placeholder argv at import (its parser requires these three).
 IMPORT_ARGV = ["inference.py", "--checkpoint_path", "unset", "--face", "unset", "--audio", "unset"]
 #: The extensions upstream treats as an image, tested on ``face.split('.')[1]``.
@@ -72,6 +84,62 @@ class _Detectors:
         return getattr(self._package, name)
 
 
+class _Recording:
+    """The kept detector, for one job whose frames without a face may pass through.
+
+    It notes, in order, which images had a face, and answers a stand-in box
+    for the others (the last face found, else the whole image) so that
+    upstream's ``face_detect`` goes on; the loop later sends those frames
+    unchanged.  The stand-in only weighs in the smoothing window of the frames
+    just before it (upstream's window looks forward), and it is the last face."""
+
+    def __init__(self, detector, record: FaceRecord):
+        self._detector, self._record = detector, record
+
+    def get_detections_for_batch(self, images):
+        try:
+            rects = self._detector.get_detections_for_batch(images)
+        except RuntimeError:
+            self._record.restart()  # upstream starts again from the first image with a smaller batch
+            raise
+        out = []
+        for rect, image in zip(rects, images, strict=True):
+            self._record.found.append(rect is not None)
+            if rect is not None:
+                self._record.last = rect
+            out.append(rect if rect is not None else (self._record.last or (0, 0, image.shape[1], image.shape[0])))
+        return out
+
+    def __getattr__(self, name: str):
+        return getattr(self._detector, name)
+
+
+class FaceRecord:
+    """One job's frames without a face (indices into the frames upstream's face_detect was given)."""
+
+    def __init__(self, tolerant: bool):
+        self.tolerant = tolerant
+        self.found: list[bool] = []
+        self.last = None
+        #: From the preprocessing cache on a hit.
+        self.cached: list[int] | None = None
+
+    def restart(self) -> None:
+        self.found, self.last = [], None
+
+    def faceless(self) -> list[int]:
+        return list(self.cached) if self.cached is not None else [i for i, ok in enumerate(self.found) if not ok]
+
+    def check(self, images) -> None:
+        """Fail as upstream does when frames without a face may not pass (or no frame has one)."""
+        faceless = self.faceless()
+        if faceless and (not self.tolerant or len(faceless) >= len(images)):
+            import cv2
+
+            cv2.imwrite("temp/faulty_frame.jpg", images[faceless[0]])
+            raise ValueError(NO_FACE if not self.tolerant else "Face not detected! No frame of the face video has a face.")
+
+
 class Adapter:
     def __init__(self, workdir: str):
         self.workdir = workdir
@@ -81,6 +149,7 @@ class Adapter:
         self.models: dict[tuple, Any] = {}
         self.detectors: dict[str, Any] = {}
         self._ctx = None
+        self.faces: FaceRecord | None = None
 
     # -- one job -------------------------------------------------------------------------------
 
@@ -91,6 +160,8 @@ class Adapter:
         device = self.job_device(ctx)
         inf.args, inf.device = args, device
         self._ctx = ctx
+        options = ctx.options or {}
+        self.faces = FaceRecord(tolerant=not options.get("require_face_every_frame", False) and not args.static)
         try:
             frames, fps = read_frames(args)
             print(f"Number of frames available for inference: {len(frames)}", flush=True)
@@ -100,7 +171,7 @@ class Adapter:
             with self.face_boxes(inf, ctx, args):
                 self.generate(inf, ctx, frames, chunks, fps)
         finally:
-            self._ctx = None
+            self._ctx, self.faces = None, None
             if device.startswith("cuda"):
                 import torch
 
@@ -192,6 +263,8 @@ class Adapter:
             self.detectors[key] = detector
         if self._ctx is not None:
             self._ctx.note("detector", {"loaded": loaded, "seconds": round(time.monotonic() - started, 3)})
+        if self.faces is not None and self.faces.tolerant:
+            return _Recording(detector, self.faces)
         return detector
 
     def new_face_alignment(self, *args, **kwargs):
@@ -209,11 +282,17 @@ class Adapter:
                 ctx.note("preprocess", {"hit": False, "skipped": "box"})
             yield
             return
-        if pre is None:
-            yield
-            return
         detect = inf.face_detect
-        inf.face_detect = cached_face_detect(detect, ctx, pre)
+        faces = self.faces
+        assert faces is not None
+        cached = cached_face_detect(detect, ctx, pre, faces) if pre is not None else detect
+
+        def checked(images):
+            results = cached(images)
+            faces.check(images)
+            return results
+
+        inf.face_detect = checked
         try:
             yield
         finally:
@@ -227,18 +306,51 @@ class Adapter:
 
         args, device = inf.args, inf.device
         total = math.ceil(len(chunks) / args.wav2lip_batch_size)
-        model, sent = None, 0
+        put = self.paster(ctx)
+        model, sent, passed = None, 0, []
         for i, (img_batch, mel_batch, batch_frames, coords) in enumerate(inf.datagen(frames.copy(), chunks)):
             if model is None:
                 model = self.model(inf, ctx, args.checkpoint_path, device)
                 height, width = frames[0].shape[:-1]
                 ctx.video(width, height, fps)
+                faceless = set(self.faces.faceless()) if self.faces is not None else set()
             pred = predict(model, img_batch, mel_batch, device, bool(ctx.job.get("fp16")))
-            done = [paste(p, f, c) for p, f, c in zip(pred, batch_frames, coords, strict=False)]
+            done = []
+            for p, f, c in zip(pred, batch_frames, coords, strict=False):
+                source = 0 if args.static else (sent + len(done)) % len(frames)  # the frame datagen took, as it takes it
+                if source in faceless:
+                    passed.append(sent + len(done))
+                    done.append(f)  # datagen's own copy of the frame as it was read
+                else:
+                    done.append(put(p, f, c))
             ctx.frames(np.stack(done))
             sent += len(done)
             ctx.progress("render", i + 1, total)
+        if passed:
+            ctx.note("frames_without_face", {"count": len(passed), "first": passed[:FIRST_FACELESS]})
         return sent
+
+    def paster(self, ctx):
+        """How a predicted crop goes back into its frame: upstream's paste (fast), or through the mouth mask (improved)."""
+        options = ctx.options or {}
+        quality = options.get("wav2lip_quality", "fast")
+        if quality == "fast":
+            return paste
+        if quality != "improved":
+            raise lipsync_worker.JobFailed(f"this worker does not know --wav2lip-quality {quality}", "usage")
+        blend = lipsync_worker.load_helper("blend")
+        size = float(options.get("wav2lip_mask_size", blend.DEFAULT_SIZE))
+        feather = float(options.get("wav2lip_mask_feather", blend.DEFAULT_FEATHER))
+
+        def put(pred, frame, coords):
+            import cv2
+            import numpy as np
+
+            y1, y2, x1, x2 = coords
+            face = cv2.resize(pred.astype(np.uint8), (x2 - x1, y2 - y1))
+            return blend.paste_mouth(frame, face, coords, size, feather)
+
+        return put
 
 
 def read_frames(args) -> tuple[list, float]:
@@ -330,38 +442,40 @@ def paste(pred, frame, coords):
     return frame
 
 
-def cached_face_detect(detect, ctx, pre: dict[str, Any]):
+def cached_face_detect(detect, ctx, pre: dict[str, Any], faces: FaceRecord):
     """Upstream's *detect*, behind the cache in ``pre["dir"]``: a miss runs it and
-    keeps its boxes; a hit cuts the crops from the cached boxes instead."""
+    keeps its boxes and frames without a face; a hit cuts the crops from the
+    cached boxes instead (and tells *faces* which frames had none)."""
     path = os.path.join(pre["dir"], BOXES_FILE)
 
     def through_cache(images):
         if pre.get("hit"):
-            boxes = read_boxes(path, images)
+            boxes, faces.cached = read_boxes(path, images)
             ctx.note("preprocess", {"hit": True, "frames": len(boxes)})
             return [[image[y1:y2, x1:x2], (y1, y2, x1, x2)] for image, (y1, y2, x1, x2) in zip(images, boxes, strict=True)]
         results = detect(images)
         boxes = [[int(v) for v in coords] for _, coords in results]
-        write_boxes(path, boxes, images)
+        write_boxes(path, boxes, images, faces.faceless())
         ctx.note("preprocess", {"hit": False, "frames": len(boxes)})
         return results
 
     return through_cache
 
 
-def write_boxes(path: str, boxes: list[list[int]], images) -> None:
+def write_boxes(path: str, boxes: list[list[int]], images, faceless: list[int]) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    data = {"version": BOXES_VERSION, "order": "y1 y2 x1 x2", "shape": list(images[0].shape[:2]), "boxes": boxes}
+    data = {"version": BOXES_VERSION, "order": "y1 y2 x1 x2", "shape": list(images[0].shape[:2]), "boxes": boxes, "faceless": faceless}
     tmp = path + ".part"
     with open(tmp, "w") as f:
         json.dump(data, f)
     os.replace(tmp, path)
 
 
-def read_boxes(path: str, images) -> list[tuple[int, int, int, int]]:
+def read_boxes(path: str, images) -> tuple[list[tuple[int, int, int, int]], list[int]]:
+    """The cached boxes, and the frames without a face."""
     with open(path) as f:
         data = json.load(f)
     boxes = [tuple(int(v) for v in box) for box in data.get("boxes", [])]
-    if data.get("version") != BOXES_VERSION or len(boxes) != len(images) or list(images[0].shape[:2]) != data.get("shape"):
+    if data.get("version") not in (1, BOXES_VERSION) or len(boxes) != len(images) or list(images[0].shape[:2]) != data.get("shape"):
         raise RuntimeError(f"the cached face boxes in {path} do not fit this face input ({len(boxes)} boxes for {len(images)} frames)")
-    return boxes
+    return boxes, [int(i) for i in data.get("faceless", [])]
