@@ -93,6 +93,8 @@ class RunOptions(EncodeOptions):
     report: Path | None = None
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     skip_face_check: bool = False
+    #: The face of a still with several to animate (0, 1, … left to right, as the advisor numbers them).
+    face_index: int | None = Field(None, ge=0)
     device: str = "auto"
     install_deps: bool = False
     python: Path | None = None

@@ -27,6 +27,10 @@ OPTION_HELP = {
     "seed": "Seed for Python, numpy and torch in the engine (recorded in the report).",
     "timeout": "Seconds before the engine is stopped. (default: from the audio length)",
     "skip_face_check": "Skip the fast face pre-check.",
+    "face_index": (
+        "The face to animate in a still with several: 0, 1, … left to right, as lipsync-tool check numbers them "
+        "(needs the portrait advisor). (default: the largest)"
+    ),
     "install_deps": "Install the engine's Python packages first (into --python).",
     "python": "Run the engine in this interpreter (e.g. a dedicated venv). (default: this one)",
     "target_height": "Height of the upscaled video (even). (default: 1080)",

@@ -94,6 +94,7 @@ class Run:
         self.rendered: Rendered | None = None
         self.failure: RunFailure | None = None
         self._versions = None
+        self.face_hint = None  # the face the engine animates (advisor.prejob), in the staged face's pixels
 
     @property
     def ws(self) -> Workspace | None:
@@ -177,24 +178,29 @@ class Run:
                 self.audio = speak(self.audio, self.temp.root, self.run_report.inputs, self.p.settings) if isinstance(self.audio, Speech) else self.audio
                 staged = stage_inputs(self.engine, self.p.engine_options, self.opts, self.image, self.audio, self.ff, self.temp.ws, self.run_report.inputs, self.p.settings)
                 self.face_path, self.face, self.audio_check = staged.face_path, staged.face, staged.audio
+                self.face_hint = staged.face_hint
                 self.engine.validate(self.p.engine_options, face_is_video=self.face.is_video)
             if self.opts.install_deps:  # before the device check, which needs the engine's torch
                 from .runtime import engine_python, install_deps
 
                 self.observer.stage("install-deps")
                 with self.timer("install_deps"):
-                    self.run_report.installed = install_deps(self.engine, engine_python(self.opts.python), log_path=self.temp.root / "install.log")
+                    self.run_report.installed = install_deps(
+                        self.engine, engine_python(self.opts.python), options=self.p.engine_options, log_path=self.temp.root / "install.log"
+                    )
             with self.timer("validate"):
                 self._resolve_device()
                 check_gpu_options(self.opts, self.device, runner_kind(self.p.runner, self.engine), self.engine, self.p.engine_options)
+                settle_face_hint(self)
             face = self.face
             video_fps = face.info.video.fps if face.is_video and face.info and face.info.video else None
             self.fps = video_fps if (video_fps and "fps" not in self.opts.model_fields_set) else self.opts.fps
 
     def _resolve_device(self) -> None:
-        from .runtime import package_versions
+        from .runtime import package_versions, require_packages
 
         self.python, decision = self.p._device_and_python()
+        require_packages(self.python, self.engine.option_packages(self.p.engine_options))
         self.device = decision.device
         for warning in self.engine.run_warnings(self.p.engine_options, self.device):
             log.warning("%s", warning)
@@ -240,38 +246,17 @@ class Run:
                 engine.raw_output = str(raw)
                 self.rendered = Rendered([raw], self.audio_check.duration)
             else:
-                self._render_chunks(self.plan)
-
-    def _render_chunks(self, plan: list[Chunk]) -> None:
-        """Render the chunks (see chunking.ChunkedRender); outputs see each as it is ready."""
-        from .chunking import ChunkedRender, chunk_key
-        from .media import normalize_clip_argv, run_ffmpeg_job
-
-        ws, report = self.ws, self.run_report
-        assert ws is not None and self.ctx is not None
-        key = chunk_key(report, self.prepared, fps=self.fps, seed=self.opts.seed)
-        self.chunks = ChunkedRender(self.p.settings.cache_dir, key, plan, self.seed)
-        self.seed = report.seed = self.chunks.open(self.observer.waiting)
-
-        def normalise(raw: Path, clip: Path, chunk: Chunk, label: str) -> None:
-            with self.timer("normalize"):
-                run_ffmpeg_job(normalize_clip_argv(self.ff.path, raw, clip, self.fps, chunk.frames), what=f"normalising {label}")
-
-        def ready(chunk: Chunk, clip: Path, label: str) -> None:
-            for out in self.outputs:
-                out.add_chunk(self.ctx, chunk, clip, label, last=chunk.index == len(plan) - 1)
-
-        report.chunks_reused = self.chunks.render(ws.inputs / "audio.wav", lambda wav, seconds, label: self._render_one(wav, seconds, label=label), normalise, ready)
-        self.rendered = Rendered(self.chunks.clips, sum(c.duration for c in plan), chunked=True)
+                render_chunks(self, self.plan)
 
     def _render_one(self, audio_wav: Path, seconds: float, *, label: str | None, sink=None) -> Path | None:
+        from .advisor.prejob import hint_error, with_face_hint
         from .engines.runner import engine_env
         from .runtime import default_timeout
 
         ws = self.ws
         assert ws is not None
-        job = Job(face=self.face_path, audio=audio_wav, face_is_video=self.face.is_video, fps=self.fps, device=self.device, python=self.python)
-        command = self.engine.build_command(job, self.p.engine_options, ws)
+        job = Job(self.face_path, audio_wav, self.face.is_video, self.fps, self.device, self.python, face_hint=self.face_hint)
+        command = with_face_hint(self.engine.build_command(job, self.p.engine_options, ws), self.face_hint)
         env = engine_env(self.engine, self.ff, ws, self.prepared, seed=self.seed, extra=command.env)
         with open(ws.root / "engine_command.txt", "a") as f:
             f.write((f"# {label}\n" if label else "") + command.display() + "\n")
@@ -286,6 +271,8 @@ class Run:
                     return worker_job(self, command, job, env, timeout, sink=sink)
                 return self.p.runner.run(self.engine, command, job, ws, env=env, timeout=timeout, log_path=ws.log, on_line=self._engine_line)
             except LipsyncError as exc:
+                if (missed := hint_error(exc, self.face_hint)) is not None:
+                    raise missed from exc
                 if not label:
                     raise
                 # The chunk is what the user needs to know about.
@@ -324,6 +311,37 @@ class Run:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def render_chunks(run: Run, plan: list[Chunk]) -> None:
+    """Render the chunks (see chunking.ChunkedRender); outputs see each as it is ready."""
+    from .chunking import ChunkedRender, chunk_key
+    from .media import normalize_clip_argv, run_ffmpeg_job
+
+    ws, report = run.ws, run.run_report
+    assert ws is not None and run.ctx is not None
+    key = chunk_key(report, run.prepared, fps=run.fps, seed=run.opts.seed)
+    run.chunks = ChunkedRender(run.p.settings.cache_dir, key, plan, run.seed)
+    run.seed = report.seed = run.chunks.open(run.observer.waiting)
+
+    def normalise(raw: Path, clip: Path, chunk: Chunk, label: str) -> None:
+        with run.timer("normalize"):
+            run_ffmpeg_job(normalize_clip_argv(run.ff.path, raw, clip, run.fps, chunk.frames), what=f"normalising {label}")
+
+    def ready(chunk: Chunk, clip: Path, label: str) -> None:
+        for out in run.outputs:
+            out.add_chunk(run.ctx, chunk, clip, label, last=chunk.index == len(plan) - 1)
+
+    report.chunks_reused = run.chunks.render(ws.inputs / "audio.wav", lambda wav, seconds, label: run._render_one(wav, seconds, label=label), normalise, ready)
+    run.rendered = Rendered(run.chunks.clips, sum(c.duration for c in plan), chunked=True)
+
+
+def settle_face_hint(run: Run) -> None:
+    """The face hint the engine gets under this run's runner (advisor.prejob); the preprocessing cache keys on it."""
+    from .advisor.prejob import settle_face_hint as settle
+
+    kind, explicit = runner_kind(run.p.runner, run.engine), run.opts.face_index is not None
+    run.face_hint = settle(run.engine, kind, run.face_hint, explicit=explicit, info=run.run_report.inputs.face)
 
 
 def check_paths(engine, engine_options, opts, image: Path, audio: Path | Speech, output: Path | None) -> None:
@@ -370,6 +388,7 @@ class StagedInputs:
     face_path: Path
     face: Any  # media.FaceInput
     audio: Any  # media.AudioCheck
+    face_hint: Any = None  # workerd.face_hint.FaceHint: the face to animate, see advisor.prejob
 
 
 def stage_inputs(engine, engine_options, opts, image: Path, audio: Path, ff, ws: Workspace, report: InputsInfo, settings=None) -> StagedInputs:
@@ -382,12 +401,14 @@ def stage_inputs(engine, engine_options, opts, image: Path, audio: Path, ff, ws:
     if not face.is_video and not engine.supports_image_face:
         raise InputError(f"is a still image; {engine.display_name} needs a face video", subject=image, hint="Give a video of the face.")
     report.face = FaceInfo(str(face_path), face.is_video, face.width, face.height, face.downscaled_from, face.frames, list(face.warnings))
+    from .advisor.prejob import advise_before_run, check_face_index
+
+    check_face_index(engine, engine_options, opts, face.is_video)
+    hint = None
     if not opts.skip_face_check and engine.face_check_wanted(engine_options):
         check_face(engine, engine_options, image, face_path, face, ff, ws, report.face)
-        if engine.portrait_advice and not face.is_video and settings is not None:
-            from .advisor.prejob import advise_before_run
-
-            advise_before_run(image, face_path, python=opts.python, settings=settings, info=report.face)
+        if (engine.portrait_advice or opts.face_index is not None) and not face.is_video and settings is not None:
+            hint = advise_before_run(image, face_path, python=opts.python, settings=settings, info=report.face, face_index=opts.face_index)
     report.image_sha256 = sha256_file(image)
     report.audio_sha256 = sha256_file(audio)
     a = stage_audio(audio, ws.inputs / "audio.wav", ff)
@@ -403,7 +424,7 @@ def stage_inputs(engine, engine_options, opts, image: Path, audio: Path, ff, ws:
     }
     if a.silent:
         log.warning("%s is digital silence (peak %s dB); the lips will not move", audio, a.max_volume_db)
-    return StagedInputs(face_path, face, a)
+    return StagedInputs(face_path, face, a, hint)
 
 
 def check_face(engine, engine_options, image: Path, face_path: Path, face, ff, ws: Workspace, info: FaceInfo) -> None:

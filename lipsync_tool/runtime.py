@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from .constants import ENV_TORCH
-from .engines.base import Device, Engine
+from .engines.base import Device, Engine, EngineOptions
 from .errors import DependencyError, DeviceError, UsageError
 
 log = logging.getLogger(__name__)
@@ -344,19 +344,38 @@ def unsatisfied(python: str, requirements: list[str]) -> list[str]:
     return [r for r in requirements if not state.get(r)]
 
 
-def _steps(engine: Engine, state: dict) -> list[tuple[tuple[str, ...], list[str]]]:
+def require_packages(python: str, needs: dict[str, str]) -> None:
+    """Raise :class:`DependencyError` unless every distribution of *needs* (name → the flag that needs it) is in *python*."""
+    if not needs:
+        return
+    versions = package_versions(python, list(needs))
+    missing = [name for name in needs if not versions.get(name)]
+    if missing:
+        flags = sorted({needs[name] for name in missing})
+        raise DependencyError(
+            f"{' and '.join(flags)} needs {', '.join(missing)} in the engine's Python ({python}), and it is not installed",
+            subject=", ".join(flags),
+            hint="Add --install-deps (it installs them), or pip install them into that interpreter (--python).",
+        )
+
+
+def _all(engine: Engine, options: EngineOptions | None) -> list[str]:
+    return [r for _, reqs in engine.requirements_for(options) for r in reqs]
+
+
+def _steps(engine: Engine, state: dict, options: EngineOptions | None = None) -> list[tuple[tuple[str, ...], list[str]]]:
     steps = []
-    for pip_args, reqs in engine.requirements:
+    for pip_args, reqs in engine.requirements_for(options):
         missing = [r for r in reqs if not state.get(r)]
         if missing:
             steps.append((pip_args, missing))
     return steps
 
 
-def install_plan(engine: Engine, python: str) -> list[tuple[tuple[str, ...], list[str]]]:
-    """The pip steps still needed, in upstream-safe order (torch first, then
-    basicsr and friends without build isolation)."""
-    return _steps(engine, requirement_state(python, [r for _, reqs in engine.requirements for r in reqs]))
+def install_plan(engine: Engine, python: str, options: EngineOptions | None = None) -> list[tuple[tuple[str, ...], list[str]]]:
+    """The pip steps still needed for *options*, in upstream-safe order (torch
+    first, then basicsr and friends without build isolation)."""
+    return _steps(engine, requirement_state(python, _all(engine, options)), options)
 
 
 def _platform() -> tuple[str, str]:
@@ -365,11 +384,13 @@ def _platform() -> tuple[str, str]:
 
 
 _INSTALL_LOCK = threading.Lock()
-_INSTALLED: set[tuple[str, str]] = set()
+_INSTALLED: set[tuple[str, str, tuple[str, ...]]] = set()
 
 
-def install_deps(engine: Engine, python: str, *, log_path: Path | None = None, torch_variant: str | None = None) -> list[str]:
-    """Install what *engine* needs into *python*; returns what was installed.
+def install_deps(
+    engine: Engine, python: str, *, options: EngineOptions | None = None, log_path: Path | None = None, torch_variant: str | None = None
+) -> list[str]:
+    """Install what *engine* needs (with *options*: :meth:`Engine.requirements_for`) into *python*; returns what was installed.
 
     *torch_variant* is auto, cpu or cuda (default: ``LIPSYNC_TOOL_TORCH``, else
     auto: the CPU build where there is no GPU driver); see plan_torch_install.
@@ -379,16 +400,17 @@ def install_deps(engine: Engine, python: str, *, log_path: Path | None = None, t
     once (batch jobs stage on several threads)."""
     choice = torch_choice(torch_variant)
     with _INSTALL_LOCK:
-        if (engine.name, python) in _INSTALLED:
+        key = (engine.name, python, tuple(_all(engine, options)))
+        if key in _INSTALLED:
             return []
-        installed = _install(engine, python, log_path, choice)
-        _INSTALLED.add((engine.name, python))
+        installed = _install(engine, python, log_path, choice, options)
+        _INSTALLED.add(key)
         return installed
 
 
-def _install(engine: Engine, python: str, log_path: Path | None, choice: TorchChoice) -> list[str]:
-    state = requirement_state(python, [r for _, reqs in engine.requirements for r in reqs])
-    steps = _steps(engine, state)
+def _install(engine: Engine, python: str, log_path: Path | None, choice: TorchChoice, options: EngineOptions | None = None) -> list[str]:
+    state = requirement_state(python, _all(engine, options))
+    steps = _steps(engine, state, options)
     if not steps:
         return []
     torch_plan = None

@@ -98,7 +98,7 @@ def runner_streams(runner, engine) -> bool:
 def preprocess_slot(run) -> PreprocessSlot | None:
     """This job's entry in the preprocessing cache (None: off, or nothing to cache)."""
     from .resources.cache import sha256_file
-    from .resources.preprocess import PreprocessCache
+    from .resources.preprocess import PreprocessCache, face_key
 
     if not run.opts.preprocess_cache:
         return None
@@ -111,7 +111,7 @@ def preprocess_slot(run) -> PreprocessSlot | None:
         "engine": run.engine.name,
         "commit": run.prepared.commit,
         "checkpoints": sorted(f.sha256 for f in run.prepared.files),
-        "face": run._face_digest,
+        "face": face_key(run._face_digest, getattr(run, "face_hint", None)),  # with --face-index: which face, too
         "options": options,
     }
     cache = PreprocessCache(run.p.settings.cache_dir)

@@ -199,10 +199,10 @@ def test_wav2lip_quality_options_are_checked():
     engine.check_runner(Wav2LipOptions(), "subprocess")
     with pytest.raises(UsageError, match="needs the warm worker runner"):
         engine.check_runner(improved, "subprocess")
-    with pytest.raises(UsageError, match="tunes --wav2lip-quality improved only"):
+    with pytest.raises(UsageError, match="tunes --wav2lip-quality improved and enhanced only"):
         engine.validate(Wav2LipOptions(wav2lip_mask_feather=4), face_is_video=True)
     engine.validate(improved, face_is_video=True)
-    for bad in ({"wav2lip_mask_feather": 2.5}, {"wav2lip_mask_size": 0}, {"wav2lip_mask_size": 1.2}, {"wav2lip_quality": "enhanced"}):
+    for bad in ({"wav2lip_mask_feather": 2.5}, {"wav2lip_mask_size": 0}, {"wav2lip_mask_size": 1.2}, {"wav2lip_quality": "best"}):
         with pytest.raises(ValidationError):
             Wav2LipOptions(**bad)
     # the default is upstream's output: the argv does not change

@@ -515,6 +515,22 @@ def test_sadtalker_no_face(ws):
     assert "--preprocess" in err.hint and "crop" in err.hint
 
 
+def test_sadtalker_paste_at_the_image_edge(ws):
+    # Composed in the format of the failure seen in tests/test_upstream_face_index_sadtalker.py (a face whose crop
+    # reaches the image's right edge, --preprocess full); tqdm's "seamlessClone::" bar alone is no error.
+    text = (
+        "seamlessClone::   0%|          | 0/10 [00:00<?, ?it/s]\n"
+        "Traceback (most recent call last):\n"
+        '  File "work/src/utils/paste_pic.py", line 64, in paste_pic\n'
+        "    gen_img = cv2.seamlessClone(p, full_img, mask, location, cv2.NORMAL_CLONE)\n"
+        "cv2.error: OpenCV(5.0.0) matrix.cpp:808: error: (-215:Assertion failed) 0 <= roi.x && 0 <= roi.width && "
+        "roi.x + roi.width <= m.cols && 0 <= roi.y && 0 <= roi.height && roi.y + roi.height <= m.rows in function 'Mat'\n"
+    )
+    err = SadTalker().translate_error(text, 1, ws)
+    assert isinstance(err, EngineError) and "reaches the image's edge" in err.message and "--preprocess crop" in err.hint
+    assert SadTalker().translate_error("seamlessClone:: 100%|##########| 10/10\n", 1, ws) is None
+
+
 def test_torch_weights_only_refusal(ws):
     text = read_error("torch_weights_only_refused.log")
     assert "Weights only load failed" in text

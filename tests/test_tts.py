@@ -45,30 +45,44 @@ class ToneVoice(Voice):
         return SynthResult(self.name, {"per_char": 0.04}, out_wav, wav_duration(out_wav))
 '''
 
-# The parts of piper-tts (1.3+) that lipsync_tool.tts.piper uses.
+# The parts of piper-tts (1.3+) that lipsync_tool.tts.piper uses, with the real package's names and shapes:
+# PiperVoice.load(model, config_path=) → .config (sample_rate, length_scale) and .synthesize(text, syn_config=),
+# which yields one AudioChunk per sentence.  tests/test_tts_piper.py runs the real package.
 FAKE_PIPER = '''
 import json
 from dataclasses import dataclass
-from tone_voice import write_tone
 
 @dataclass
 class SynthesisConfig:
+    speaker_id: int | None = None
     length_scale: float | None = None
+
+@dataclass
+class PiperConfig:
+    sample_rate: int
+    length_scale: float = 1.0
+
+@dataclass
+class AudioChunk:
+    sample_rate: int
+    sample_width: int
+    sample_channels: int
+    audio_int16_bytes: bytes
 
 class PiperVoice:
     def __init__(self, config):
         self.config = config
 
-    @classmethod
-    def load(cls, model_path, config_path=None):
-        return cls(json.loads(open(config_path).read()))
+    @staticmethod
+    def load(model_path, config_path=None, use_cuda=False):
+        raw = json.loads(open(config_path or f"{model_path}.json").read())
+        return PiperVoice(PiperConfig(raw["audio"]["sample_rate"], raw.get("inference", {}).get("length_scale", 1.0)))
 
-    def synthesize_wav(self, text, wav_file, syn_config=None):
-        scale = (syn_config.length_scale if syn_config and syn_config.length_scale else 1.0)
-        seconds = 0.04 * len(text) * scale
-        rate = self.config["audio"]["sample_rate"]
-        wav_file.setnchannels(1); wav_file.setsampwidth(2); wav_file.setframerate(rate)
-        wav_file.writeframes(b"\\x10\\x00" * int(seconds * rate))
+    def synthesize(self, text, syn_config=None):
+        scale = syn_config.length_scale if syn_config and syn_config.length_scale is not None else self.config.length_scale
+        for sentence in text.split("|"):  # 0.04 s per character and "|" ends a sentence, so the chunks add up
+            rate = self.config.sample_rate
+            yield AudioChunk(rate, 2, 1, b"\\x10\\x00" * int(0.04 * len(sentence) * scale * rate))
 '''
 
 
@@ -84,15 +98,21 @@ def espeak() -> str:
 
 @pytest.fixture
 def fakes(tmp_path, monkeypatch) -> Path:
-    """The tone voice module and a fake ``piper`` package, importable."""
+    """The tone voice module and a fake ``piper`` package, importable (the real piper-tts, if loaded, is put back after)."""
     site = tmp_path / "fake-site"
     (site / "piper").mkdir(parents=True)
     (site / "tone_voice.py").write_text(TONE_VOICE)
     (site / "piper" / "__init__.py").write_text(FAKE_PIPER)
-    for name in ("piper", "tone_voice"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
+
+    def ours(module: str) -> bool:
+        return module.partition(".")[0] in ("piper", "tone_voice")
+
+    saved = {name: sys.modules.pop(name) for name in [m for m in sys.modules if ours(m)]}
     monkeypatch.syspath_prepend(str(site))
-    return site
+    yield site
+    for name in [m for m in sys.modules if ours(m)]:
+        del sys.modules[name]
+    sys.modules.update(saved)
 
 
 @pytest.fixture
@@ -278,6 +298,7 @@ def test_default_voice_is_piper_with_its_verified_model(tmp_path, fakes, cli):
     assert voice.name == "piper"
     result = voice.synthesize("abcdefghij" * 5, tmp_path / "s.wav", VoiceSettings(rate=350))
     assert result.settings["source"] == "cache" and result.settings["length_scale"] == 0.5
+    assert result.settings["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert result.duration == pytest.approx(0.04 * 50 * 0.5, abs=1e-3)
 
 
@@ -287,7 +308,8 @@ def test_piper_with_the_users_model_is_hashed_and_used(tmp_path, fakes):
     assert speech.check_inputs() == [model]
     result = speech.synthesize(tmp_path / "s.wav", cache_dir=tmp_path / "cache")
     assert result.voice == "piper"
-    assert result.settings == {"model": str(model.resolve()), "source": "user", "sha256": hashlib.sha256(model.read_bytes()).hexdigest(), "known": False}
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert result.settings == {"model": str(model.resolve()), "source": "user", "sha256": sha, "known": False, "length_scale": 1.0, "sample_rate": 22050}
     assert result.duration == pytest.approx(1.2, abs=1e-3)
     # A model file alone picks piper.
     assert choose_voice(None, VoiceSettings(model=model)).name == "piper"

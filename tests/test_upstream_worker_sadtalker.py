@@ -162,9 +162,14 @@ def worker(weights, tmp_path_factory):
     print((root / "worker.log").read_text(errors="replace")[-3000:])
 
 
-def run_job(worker: Worker, weights, face: Path, audio: Path | None, *, argv=ARGV, preprocess: dict | None = None, **extra):
+def run_job(
+    worker: Worker, weights, face: Path, audio: Path | None, *, argv=ARGV, preprocess: dict | None = None, files: dict[str, str] | None = None, **extra
+):
+    """One job in *worker*, in a new link farm; *files* (name → text) are written into its working dir first, as ``Command.files`` are."""
     worker.jobs += 1
     work = make_farm(worker.root / f"job{worker.jobs}", weights, face, audio)
+    for name, text in (files or {}).items():
+        (work / name).write_text(text)
     job = {
         "argv": list(argv), "cwd": str(work), "face": str(work / "lipsync_inputs" / "face.png"), "audio": str(work / "lipsync_inputs" / "audio.wav"),
         "face_is_video": False, "fps": 25.0, "device": "cpu", "seed": SEED, "options": {}, "batch_size": None, "fp16": False, "preprocess": preprocess,

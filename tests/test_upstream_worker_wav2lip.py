@@ -21,7 +21,9 @@ is tested on the detector path with a test-only adapter subclass whose
 detector is a stub, and a hit is rendered by the real adapter, which would
 fail if it ran the (random) detector.
 
-``--wav2lip-quality improved`` runs on upstream's generator with ``--box``;
+``--wav2lip-quality improved`` runs on upstream's generator with ``--box``, and
+``enhanced`` on it with the ``gfpgan`` package's GFPGANer (random GFPGAN, a rigged
+RetinaFace and ParseNet from ``make_weights.py restorer``);
 frames without a face run with a stub detector that finds none in the blank
 frames of ``blank.mp4``.
 """
@@ -100,6 +102,9 @@ class Adapter(real.Adapter):
     def new_face_alignment(self, *args, **kwargs):
         return {detector}()
 '''
+#: --wav2lip-quality enhanced's weights (GFPGAN's, rigged: tests/upstream/make_weights.py restorer).
+RESTORER = ("GFPGANv1.4.pth", "detection_Resnet50_Final.pth", "parsing_parsenet.pth")
+SHORT_SECONDS = 0.4
 #: The frames of blank.mp4 (the face video) that are black.
 BLANK = (5, 6, 7)
 
@@ -158,12 +163,16 @@ def trusted(weights: Path) -> list[str]:
     return [str(weights / "wav2lip_gan.pth"), str(weights / "s3fd.pth")]
 
 
-def job_root(root: Path, inputs: Path, weights: Path) -> Path:
-    """A run's tree as the pipeline lays it out: root/inputs (staged) and root/work (the link farm)."""
+def job_root(root: Path, inputs: Path, weights: Path, restorer: Path | None = None) -> Path:
+    """A run's tree as the pipeline lays it out: root/inputs (staged) and root/work (the link farm);
+    with *restorer*, GFPGAN's weights where --wav2lip-quality enhanced reads them."""
     (root / "inputs").mkdir(parents=True)
     for f in inputs.iterdir():
         shutil.copyfile(f, root / "inputs" / f.name)
-    build_link_farm(Path(WAV2LIP), root / "work", "inference.py", {CHECKPOINT: weights / "wav2lip_gan.pth", S3FD: weights / "s3fd.pth"})
+    links = {CHECKPOINT: weights / "wav2lip_gan.pth", S3FD: weights / "s3fd.pth"}
+    if restorer is not None:
+        links.update({f"gfpgan/weights/{name}": restorer / name for name in RESTORER})
+    build_link_farm(Path(WAV2LIP), root / "work", "inference.py", links)
     return root
 
 
@@ -204,13 +213,13 @@ def job(
 
 
 @contextlib.contextmanager
-def worker(tmp: Path, inputs: Path, weights: Path, adapter: Path = ADAPTER):
+def worker(tmp: Path, inputs: Path, weights: Path, adapter: Path = ADAPTER, restorer: Path | None = None):
     """A worker over its own link farm; yields (worker, a function making a fresh job root)."""
-    workdir = job_root(tmp / "worker", inputs, weights) / "work"
+    workdir = job_root(tmp / "worker", inputs, weights, restorer) / "work"
     roots = iter(range(1000))
 
     def new_root() -> Path:
-        return job_root(tmp / f"job{next(roots)}", inputs, weights)
+        return job_root(tmp / f"job{next(roots)}", inputs, weights, restorer)
 
     w = Worker(adapter, workdir, python=ENGINE_PY, log=tmp / "worker.log", seed=0, trusted=trusted(weights), extra_env={"CUDA_VISIBLE_DEVICES": ""})
     try:
@@ -410,3 +419,45 @@ def test_frames_without_a_face_pass_through_unchanged(inputs, weights, tmp_path)
         strict_hit = w.job(job(new_root(), args, video=True, preprocess={"dir": str(cache), "hit": True}, options={"require_face_every_frame": True}))
     assert np.array_equal(rendered(hit), rendered(ok)) and hit.notes["frames_without_face"]["count"] == 3
     assert strict_hit.error is not None and "Face not detected!" in strict_hit.error["message"]
+
+
+# -- (f) --wav2lip-quality enhanced: GFPGAN on the face crop ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def restorer_weights(tmp_path_factory) -> Path:
+    out = (Path(WEIGHTS) if WEIGHTS else tmp_path_factory.mktemp("upstream-weights")) / "restorer"
+    out.mkdir(parents=True, exist_ok=True)
+    if not all((out / name).is_file() for name in RESTORER):
+        cmd = [ENGINE_PY, str(MAKE_WEIGHTS), "restorer", "--out", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=out.parent, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
+
+
+def test_enhanced_restores_the_face_crop_with_gfpgan_and_keeps_every_pixel_outside_the_mask(inputs, weights, restorer_weights, tmp_path):
+    import cv2
+
+    from lipsync_tool.engines.workerd import blend
+
+    short = tmp_path / "inputs"  # GFPGAN takes seconds a frame on the CPU: 0.4 s of speech
+    shutil.copytree(inputs, short)
+    write_speech_wav(short / "audio.wav", SHORT_SECONDS)
+    args = argv("face.jpg", *IMAGE_BOX)
+    tuning = {"wav2lip_mask_size": 0.8, "wav2lip_mask_feather": 0.1}
+    with worker(tmp_path, short, weights, restorer=restorer_weights) as (w, new_root):
+        improved = rendered(w.job(job(new_root(), args, options={"wav2lip_quality": "improved", **tuning})))
+        first = w.job(job(new_root(), args, options={"wav2lip_quality": "enhanced", **tuning}))
+        again = w.job(job(new_root(), args, options={"wav2lip_quality": "enhanced", **tuning}))
+    enhanced = rendered(first)
+    source = cv2.imread(str(inputs / "face.jpg"))
+    y1, y2, x1, x2 = (int(v) for v in IMAGE_BOX[1:])
+    mask = blend.frame_mask(source.shape, (y1, y2, x1, x2), 0.8, 0.1)
+    assert len(enhanced) == len(improved) == mel_chunk_count(SHORT_SECONDS)
+    for e in enhanced:
+        assert np.array_equal(e[mask == 0], source[mask == 0]), "a pixel outside the mask changed"
+    changed = [not np.array_equal(e[mask > 0], i[mask > 0]) for e, i in zip(enhanced, improved, strict=True)]
+    assert all(changed), "GFPGAN left the mouth as improved pasted it"
+    assert first.notes["restorer"] == {"name": "GFPGANv1.4", "restored": len(enhanced), "no_face_found": 0}
+    assert first.notes["restorer_load"]["loaded"] is True and again.notes["restorer_load"]["loaded"] is False  # once per worker
+    assert np.array_equal(rendered(again), enhanced)  # the job's seed makes GFPGAN's noise repeatable

@@ -84,7 +84,7 @@ def do_setup(values: dict[str, Any]) -> int:
         if install:
             from ..runtime import engine_python, install_deps
 
-            installed = install_deps(pipeline.engine, engine_python(python))
+            installed = install_deps(pipeline.engine, engine_python(python), options=pipeline.engine_options)
         prepared = pipeline.prepare()
     finally:
         observer.done()

@@ -72,7 +72,8 @@ def no_engine_parameters() -> list[inspect.Parameter]:
 
 def _option(name: str, ann: Any, *flags: str, default: Any = None, **kw: Any) -> inspect.Parameter:
     kw.setdefault("rich_help_panel", COMMON)
-    kw.setdefault("help", OPTION_HELP[name])
+    if "help" not in kw:
+        kw["help"] = OPTION_HELP[name]
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[ann, typer.Option(*flags, **kw)])
 
 
@@ -93,6 +94,7 @@ def common_parameters() -> list[inspect.Parameter]:
         opt("seed", Optional[int], "--seed", show_default=False),
         opt("timeout", Optional[float], "--timeout", show_default=False, metavar="SECONDS"),
         opt("skip_face_check", bool, "--skip-face-check", default=False),
+        opt("face_index", Optional[int], "--face-index", min=0, metavar="N", show_default=False),
         opt("install_deps", bool, "--install-deps", default=False),
         opt("python", Optional[Path], "--python", show_default=False),
         opt("runner", Optional[Literal["worker", "subprocess"]], "--runner", show_default=False),
@@ -150,7 +152,7 @@ def text_parameters() -> list[inspect.Parameter]:
             "(default: piper where piper-tts and its verified voice model are there, else espeak-ng)",
             metavar="NAME[:VARIANT]",
         ),
-        opt("voice_rate", Optional[int], "--voice-rate", "Words per minute (espeak-ng: 80..450, default 175; piper: its length scale, approximately).", metavar="WPM", min=1),
+        opt("voice_rate", Optional[int], "--voice-rate", "Words per minute, 80..450 (espeak-ng: default 175; piper: scales the voice's own pace, approximately).", metavar="WPM", min=80, max=450),
         opt("voice_model", Optional[Path], "--voice-model", "A piper voice model of your own (FILE.onnx, with FILE.onnx.json beside it).", metavar="FILE"),
     ]
 

@@ -102,6 +102,8 @@ class Job:
     fps: float
     device: Device
     python: str
+    #: The face to animate (``--face-index``, the advisor's choice): a ``workerd.face_hint.FaceHint``; None: the engine's detector picks.
+    face_hint: Any = None
 
 
 @dataclass(frozen=True)
@@ -374,6 +376,10 @@ class Engine(ABC):
     def check_runner(self, options: EngineOptions, runner_kind: str) -> None:
         """Raise a UsageError for options this runner kind (``worker`` or ``subprocess``) cannot honour."""
 
+    #: The runner kinds under which the engine animates the face ``Job.face_hint`` chooses (``--face-index``); none by
+    #: default, so an engine that never reads a hint is refused rather than left to animate another face.
+    face_hint_runners: ClassVar[tuple[str, ...]] = ()
+
     def face_check_wanted(self, options: EngineOptions) -> bool:
         """Whether the pipeline's face pre-check is worth running (False where
         the options already place the face)."""
@@ -391,6 +397,15 @@ class Engine(ABC):
             return " and ".join(c.display_name for c in engine_classes().values() if name in c.Options.model_fields)
 
         return [f"{flag_of(name)} applies to {owners(name)} only; {self.display_name} ignores it" for name in options.ignored]
+
+    def requirements_for(self, options: EngineOptions | None = None) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+        """The ``--install-deps`` steps these options need: :attr:`requirements`, plus what an option adds."""
+        return self.requirements
+
+    def option_packages(self, options: EngineOptions) -> dict[str, str]:
+        """Distributions these options need in the engine's interpreter beyond the defaults, each with the
+        flag that needs it (checked before anything is downloaded; ``--install-deps`` installs them)."""
+        return {}
 
     def checkpoint(self, name: str) -> CheckpointSpec:
         for spec in self.checkpoints:

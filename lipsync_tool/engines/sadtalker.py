@@ -21,9 +21,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from ..errors import EngineOOMError, FaceNotFoundError, InputError, LipsyncError, UsageError
+from ..errors import EngineError, EngineOOMError, FaceNotFoundError, InputError, LipsyncError, UsageError
 from .base import CheckpointSpec, Command, Device, Engine, EngineOptions, Job, RepoSpec, Workspace, field_cli, format_number, is_cuda_oom, tail_lines
 from .compat import is_cpu_oom, translate_common
+from .face_restore import GFPGAN_V14, PARSENET, RETINAFACE
 
 PANEL = "SadTalker options"
 
@@ -100,42 +101,9 @@ CHECKPOINTS = (
         sha256="bbfd137307a4c7debd5c283b9b0ce539466cee417ac0a155e184d857f9f2899c",
         dest="gfpgan/weights/alignment_WFLW_4HG.pth",
     ),
-    CheckpointSpec(
-        name="detection_Resnet50_Final.pth",
-        urls=(
-            "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth",
-            f"{_HF}/salmonrk/facedetection/resolve/main/detection_Resnet50_Final.pth",
-            f"{_HF}/fofr/comfyui/resolve/main/facedetection/detection_Resnet50_Final.pth",
-            f"{_HF}/camenduru/SadTalker/resolve/main/new/gfpgan/weights/detection_Resnet50_Final.pth",
-        ),
-        size=109497761,
-        sha256="6d1de9c2944f2ccddca5f5e010ea5ae64a39845a86311af6fdf30841b0a5a16d",
-        dest="gfpgan/weights/detection_Resnet50_Final.pth",
-    ),
-    CheckpointSpec(
-        name="GFPGANv1.4.pth",
-        urls=(
-            "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth",
-            "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.4/GFPGANv1.4.pth",
-            f"{_HF}/AndorML/Public/resolve/main/GFPGANv1.4.pth",
-            f"{_HF}/datasets/Gourieff/ReActor/resolve/main/models/facerestore_models/GFPGANv1.4.pth",
-            f"{_HF}/chaowenguo/pal/resolve/main/GFPGANv1.4.pth",
-        ),
-        size=348632874,
-        sha256="e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad",
-        dest="gfpgan/weights/GFPGANv1.4.pth",
-    ),
-    CheckpointSpec(
-        name="parsing_parsenet.pth",
-        urls=(
-            "https://github.com/xinntao/facexlib/releases/download/v0.2.2/parsing_parsenet.pth",
-            f"{_HF}/salmonrk/facedetection/resolve/main/parsing_parsenet.pth",
-            f"{_HF}/fofr/comfyui/resolve/main/facedetection/parsing_parsenet.pth",
-        ),
-        size=85331193,
-        sha256="3d558d8d0e42c20224f13cf5a29c79eba2d59913419f945545d8cf7b72920de2",
-        dest="gfpgan/weights/parsing_parsenet.pth",
-    ),
+    RETINAFACE,
+    GFPGAN_V14,
+    PARSENET,
     CheckpointSpec(
         name="RestoreFormer.pth",
         urls=(
@@ -276,6 +244,8 @@ class SadTalker(Engine):
     display_name = "SadTalker"
     Options = SadTalkerOptions
     worker_adapter = str(Path(__file__).with_name("workerd") / "sadtalker_adapter.py")
+    #: --face-index: the worker steers the cropper's detector to the chosen face; upstream's CLI has no way to (refused).
+    face_hint_runners = ("worker",)
     batch_size_option = "sadtalker_batch_size"
     repo = RepoSpec(
         url="https://github.com/OpenTalker/SadTalker.git",
@@ -421,6 +391,15 @@ class SadTalker(Engine):
             return EngineOOMError("the GPU ran out of memory", log_path=ws.log, log_tail=tail_lines(log_text), hint=OOM_HINT)
         if is_cpu_oom(log_text):
             return EngineOOMError("the engine ran out of memory", log_path=ws.log, log_tail=tail_lines(log_text), hint=CPU_OOM_HINT)
+        if "seamlessClone" in log_text and "roi.x" in log_text:
+            # upstream's align_face bounds the paste box by the image's width on both axes, so a face whose crop
+            # reaches the right or bottom edge makes paste_pic's seamlessClone fail (--preprocess full)
+            return EngineError(
+                "SadTalker could not paste the animated face back into the picture: the face's crop reaches the image's edge",
+                log_path=ws.log,
+                log_tail=tail_lines(log_text),
+                hint="Pad the image so the face is further from its right and bottom edges, or use --preprocess crop.",
+            )
         return translate_common(log_text, ws)
 
 

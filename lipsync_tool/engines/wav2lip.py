@@ -26,6 +26,8 @@ from pydantic import Field, field_validator
 from ..errors import EngineOOMError, EngineOutputMissingError, FaceNotFoundError, InputError, LipsyncError, UsageError
 from .base import CheckpointSpec, Command, Engine, EngineOptions, Job, RepoSpec, Workspace, field_cli, format_number, is_cuda_oom, tail_lines
 from .compat import is_cpu_oom, translate_common
+from .face_restore import GFPGAN_V14, PARSENET, RESTORER_REQUIREMENTS, RETINAFACE
+from .workerd.face_hint import padded_box
 
 PANEL = "Wav2Lip options"
 
@@ -85,7 +87,13 @@ CHECKPOINTS = (
         dest="face_detection/detection/sfd/s3fd.pth",
         licence="BSD-3-Clause",
     ),
+    # --wav2lip-quality enhanced: GFPGAN, and the detector and face parser of its face helper
+    GFPGAN_V14,
+    RETINAFACE,
+    PARSENET,
 )
+#: What --wav2lip-quality enhanced adds to the checkpoints.
+RESTORER_WEIGHTS = (GFPGAN_V14.name, RETINAFACE.name, PARSENET.name)
 
 FACE_HINT = (
     "Pass the face box yourself with --wav2lip-box X1 Y1 X2 Y2, widen --wav2lip-pads, "
@@ -143,19 +151,20 @@ class Wav2LipOptions(EngineOptions):
         json_schema_extra=field_cli("--wav2lip-box", help="A fixed face box, as X1 Y1 X2 Y2, instead of face detection (s3fd is then not downloaded).", metavar="X1 Y1 X2 Y2"),
     )
     wav2lip_rotate: bool = Field(False, json_schema_extra=field_cli("--wav2lip-rotate", help="Rotate a face video 90° clockwise first (video only)."))
-    wav2lip_quality: Literal["fast", "improved"] = Field(
+    wav2lip_quality: Literal["fast", "improved", "enhanced"] = Field(
         "fast",
         json_schema_extra=field_cli(
             "--wav2lip-quality",
             help="fast: upstream's output (the whole generated face box pasted back); improved: the original frame, with only "
-            "the mouth of the generated face pasted through a feathered mask (needs the warm worker).",
+            "the mouth of the generated face pasted through a feathered mask; enhanced: improved, with GFPGAN v1.4 run on "
+            "the face crop first (slower; needs gfpgan in the engine's Python). improved and enhanced need the warm worker.",
         ),
     )
     wav2lip_mask_size: float = Field(
         MASK_SIZE,
         gt=0,
         le=1,
-        json_schema_extra=field_cli("--wav2lip-mask-size", help=f"improved: how much of the lower face box the mouth mask covers, 0-1. (default: {MASK_SIZE})"),
+        json_schema_extra=field_cli("--wav2lip-mask-size", help=f"improved/enhanced: how much of the lower face box the mouth mask covers, 0-1. (default: {MASK_SIZE})"),
     )
     wav2lip_mask_feather: float = Field(
         MASK_FEATHER,
@@ -163,7 +172,7 @@ class Wav2LipOptions(EngineOptions):
         le=4096,
         json_schema_extra=field_cli(
             "--wav2lip-mask-feather",
-            help=f"improved: the mask's soft edge; below 1 a fraction of the face box, else whole pixels. (default: {MASK_FEATHER})",
+            help=f"improved/enhanced: the mask's soft edge; below 1 a fraction of the face box, else whole pixels. (default: {MASK_FEATHER})",
         ),
     )
     require_face_every_frame: bool = Field(
@@ -235,6 +244,8 @@ class Wav2Lip(Engine):
     ffmpeg_copy_video_to = "results/result.mp4"
     worker_adapter = str(Path(__file__).with_name("workerd") / "wav2lip_adapter.py")
     batch_size_option = "wav2lip_batch_size"
+    #: --face-index: upstream's CLI gets the chosen face as --box (padded_box); the worker's detector returns only that face.
+    face_hint_runners = ("worker", "subprocess")
     requirements = (
         ((), ("torch>=2.0",)),
         ((), ("numpy>=1.24", "scipy", "opencv-python-headless>=4.6", "librosa>=0.10", "tqdm", "numba")),
@@ -247,7 +258,20 @@ class Wav2Lip(Engine):
             needed.append(self.checkpoint(options.checkpoint_name))
         if options.wav2lip_box is None:
             needed.append(self.checkpoint("s3fd.pth"))
+        if options.wav2lip_quality == "enhanced":
+            needed += [self.checkpoint(name) for name in RESTORER_WEIGHTS]
         return needed
+
+    def option_packages(self, options: EngineOptions) -> dict[str, str]:
+        assert isinstance(options, Wav2LipOptions)
+        if options.wav2lip_quality == "enhanced":
+            return {name: "--wav2lip-quality enhanced" for name in ("gfpgan", "basicsr", "facexlib")}
+        return {}
+
+    def requirements_for(self, options: EngineOptions | None = None) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+        if isinstance(options, Wav2LipOptions) and options.wav2lip_quality == "enhanced":
+            return self.requirements + RESTORER_REQUIREMENTS
+        return self.requirements
 
     def user_files(self, options: EngineOptions) -> dict[str, Path]:
         assert isinstance(options, Wav2LipOptions)
@@ -266,7 +290,7 @@ class Wav2Lip(Engine):
         if options.wav2lip_quality == "fast":
             tuning = [flag for name, flag in (("wav2lip_mask_size", "--wav2lip-mask-size"), ("wav2lip_mask_feather", "--wav2lip-mask-feather")) if name in options.model_fields_set]
             if tuning:
-                raise UsageError("tunes --wav2lip-quality improved only", subject=", ".join(tuning), hint="Add --wav2lip-quality improved, or drop it.")
+                raise UsageError("tunes --wav2lip-quality improved and enhanced only", subject=", ".join(tuning), hint="Add --wav2lip-quality improved, or drop it.")
         if not face_is_video:
             video_only = [
                 flag
@@ -317,6 +341,9 @@ class Wav2Lip(Engine):
         if o.wav2lip_box is not None:
             x1, y1, x2, y2 = o.wav2lip_box
             argv += ["--box", str(y1), str(y2), str(x1), str(x2)]
+        elif job.face_hint is not None and not job.face_is_video:  # the chosen face (--face-index), where s3fd would find it
+            top, bottom, left, right = padded_box(job.face_hint.box, o.wav2lip_pads, job.face_hint.frame)
+            argv += ["--box", str(top), str(bottom), str(left), str(right)]
         if o.wav2lip_rotate:
             argv.append("--rotate")
         if o.wav2lip_nosmooth:

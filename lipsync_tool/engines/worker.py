@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import EngineError, EngineTimeoutError, UsageError
+from ..errors import DependencyError, EngineError, EngineTimeoutError, UsageError
 from ..process import current_scope
 from .base import Command, Engine, EngineRunner, Job, Workspace, tail_lines
 from .runner import read_log
@@ -219,6 +219,7 @@ class WorkerRunner(EngineRunner):
             result.worker = {"pid": worker.pid, "log": str(worker.log_path), "job": worker.jobs, "started_for_this_job": fresh}
             result.worker.update({k: result.info[k] for k in JOB_FACTS if k in result.info})
             _warn_faceless(engine, result.info.get("frames_without_face"))
+            _warn_unrestored(result.info.get("restorer"))
             return result
 
     def _exchange(self, engine, worker: WorkerProcess, request, sink: FrameSink, deadline: float, timeout: float, ws, log_path: Path, offset: int) -> WorkerJobResult:
@@ -306,8 +307,9 @@ class WorkerRunner(EngineRunner):
 
 
 #: Adapter notes that are facts about a job's frames: reported with the job
-#: (``engine.worker_jobs``; the report sums ``frames_without_face``).
-JOB_FACTS = ("frames_without_face",)
+#: (``engine.worker_jobs``; the report sums ``frames_without_face``); ``restorer``:
+#: --wav2lip-quality enhanced's frames restored, and those where it found no face.
+JOB_FACTS = ("frames_without_face", "restorer")
 
 
 def _warn_faceless(engine: Engine, faceless: dict[str, Any] | None) -> None:
@@ -320,6 +322,15 @@ def _warn_faceless(engine: Engine, faceless: dict[str, Any] | None) -> None:
         "%d frame%s of the face video had no face that %s could find and passed through unchanged (frame%s %s)",
         count, "" if count == 1 else "s", engine.display_name, "" if count == 1 else "s", shown,
     )  # fmt: skip
+
+
+def _warn_unrestored(restorer: dict[str, Any] | None) -> None:
+    """The face restorer found no face in some crops: those frames are pasted unrestored (as improved)."""
+    if restorer and restorer.get("no_face_found"):
+        log.warning(
+            "%s found no face in the face crop of %d of %d frames; those frames were pasted without restoration",
+            restorer.get("name", "the face restorer"), restorer["no_face_found"], restorer["no_face_found"] + restorer.get("restored", 0),
+        )  # fmt: skip
 
 
 #: Per-job variables: never a reason to start another worker.
@@ -367,6 +378,8 @@ def _job_error(engine: Engine, message: dict[str, Any], ws, log_path: Path, offs
         return translated
     if message.get("kind") == "usage":
         return UsageError(str(message.get("message")))
+    if message.get("kind") == "dependency":
+        return DependencyError(str(message.get("message")), hint="Add --install-deps, or install it into the engine's Python (--python).")
     return EngineError(
         f"{engine.display_name} failed ({message.get('error')}: {message.get('message')})",
         log_path=log_path,

@@ -10,7 +10,9 @@ Layout, beside the rest of the cache (``<cache>/v1/``)::
 The key is the sha256 of the face's content plus everything that changes the
 result (the engine's own options from ``Engine.preprocess_key``, the commit,
 the checkpoints' sha256, the adapter's protocol version), so an edited image
-never meets stale boxes.  An entry is committed only after its job
+never meets stale boxes.  When a face of several is chosen (``--face-index``,
+``Job.face_hint``), the face part of the key names that face too
+(:func:`face_key`): face 0's crop never serves face 1.  An entry is committed only after its job
 succeeded, renamed into place under a lock, and re-verified against its
 manifest whenever it is read: a damaged entry is removed and recomputed.
 """
@@ -34,6 +36,15 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 #: Bumped when what the adapters store changes meaning.
 FORMAT = 1
+
+
+def face_key(face_sha256: str, hint: Any = None) -> str:
+    """The face part of a key: the staged face's sha256, or with a face hint (a ``FaceHint``: which face of the
+    image is animated) the sha256 of both, so that two faces of one image never share an entry."""
+    if hint is None:
+        return face_sha256
+    chosen = {"face": face_sha256, "index": hint.index, "box": [round(float(v), 1) for v in hint.box], "frame": list(hint.frame)}
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,12 @@ newer) is importable and it has a voice model: the user's own
 stamped like a user checkpoint) or the ``piper`` component's
 ``en_US-lessac-medium`` voice from the verified cache (fetched ahead of time,
 never while a run speaks).  Piper has no words-per-minute setting:
-``--voice-rate`` becomes its ``length_scale``, relative to :data:`NORMAL_RATE`.
+``--voice-rate`` scales the voice's own ``length_scale`` (its config's
+``inference.length_scale``) by :data:`NORMAL_RATE` / rate, within
+:data:`RATE_RANGE`.  Piper speaks one chunk per sentence (its bundled
+espeak-ng phonemizer splits them); the chunks are written into one 16-bit mono
+WAV at the voice's own sample rate as they come.  The report records the
+model, its sha256, the length scale and the sample rate used.
 """
 
 from __future__ import annotations
@@ -25,13 +30,17 @@ log = logging.getLogger(__name__)
 COMPONENT = "piper"
 MODEL = "en_US-lessac-medium.onnx"
 CONFIG = MODEL + ".json"
-#: The words per minute that ``length_scale`` 1.0 stands for (an approximation: piper speaks at the pace it was trained on).
+#: The words per minute that the voice's own ``length_scale`` stands for (an approximation: piper speaks at the pace it was trained on).
 NORMAL_RATE = 175
+#: The ``--voice-rate`` range piper is asked for (espeak-ng's): a length scale of about 0.39 to 2.2 times the voice's own.
+RATE_RANGE = (80, 450)
 INSTALL_HINT = "Install it with 'pip install piper-tts' (1.3 or newer), or use --voice espeak-ng."
 SETUP_HINT = (
-    f"Fetch the voice into the cache where there is network ('lipsync-tool setup --scorer {COMPONENT}'), "
+    f"Fetch the voice into the cache where there is network ('lipsync-tool setup --voice {COMPONENT}'), "
     "give your own model with --voice-model FILE.onnx, or use --voice espeak-ng."
 )
+CONFIG_HINT = "Use the .onnx.json that was published with the voice (piper-tts 1.3+ reads audio.sample_rate, espeak.voice, phoneme_id_map, num_symbols, num_speakers)."
+MODEL_HINT = "Give a piper voice model (.onnx) that downloaded completely; the .onnx.json beside it must be that voice's."
 
 
 def piper_importable() -> bool:
@@ -54,6 +63,12 @@ class PiperVoice(Voice):
         res = ComponentResources(COMPONENT, self.cache_dir, registry_file=self.registry_file)
         return res.path(MODEL) if set(res.status([MODEL, CONFIG]).values()) == {"ready"} else None
 
+    def cached_sha256(self) -> str:
+        """The sha256 the cached model was verified against (the registry's, or its override's)."""
+        from ..resources.components import ComponentResources
+
+        return ComponentResources(COMPONENT, self.cache_dir, registry_file=self.registry_file).specs[MODEL].sha256
+
     def unavailable(self, settings: VoiceSettings) -> str | None:
         if not piper_importable():
             return "the piper-tts package is not installed"
@@ -64,21 +79,21 @@ class PiperVoice(Voice):
     def synthesize(self, text: str, out_wav: Path, settings: VoiceSettings) -> SynthResult:
         if settings.variant:
             raise UsageError("piper takes its voice from the model file", subject=naming.option("voice"), hint="Use --voice piper with --voice-model FILE.onnx.")
+        check_rate(settings.rate)
         model, model_info = self._model(settings)
-        try:
-            from piper import PiperVoice as _Piper
-            from piper import SynthesisConfig
-        except ImportError as exc:
-            raise DependencyError(f"piper-tts cannot be imported: {exc}", subject=naming.option("voice") + " piper", hint=INSTALL_HINT) from None
-        length_scale = round(NORMAL_RATE / settings.rate, 3) if settings.rate else None
+        piper = _import_piper()
         log.info("speaking %d characters with piper (%s)", len(text), model)
+        voice = _load(piper, model)
+        length_scale = speaking_scale(voice.config.length_scale, settings.rate)
         try:
-            voice = _Piper.load(str(model), config_path=str(model) + ".json")
-            with wave.open(str(out_wav), "wb") as w:
-                voice.synthesize_wav(text, w, syn_config=SynthesisConfig(length_scale=length_scale))
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise SpeechError(f"piper failed: {exc}", subject=model) from exc
-        used = {**model_info, "rate": settings.rate, "length_scale": length_scale}
+            chunks = voice.synthesize(text, syn_config=piper.SynthesisConfig(length_scale=length_scale))
+            sample_rate = write_wav(chunks, out_wav)
+        except Exception as exc:  # piper and onnxruntime raise their own untyped errors (onnxruntime's derive from Exception only)
+            out_wav.unlink(missing_ok=True)
+            raise SpeechError(f"piper failed while speaking: {type(exc).__name__}: {exc}", subject=model, hint="Check that the model and its .onnx.json belong together.") from exc
+        if sample_rate is None:
+            raise SpeechError("piper made no speech from this text", subject=naming.option("text"), hint="Give words it can read aloud (punctuation alone is not spoken).")
+        used = {**model_info, "rate": settings.rate, "length_scale": length_scale, "sample_rate": sample_rate}
         return SynthResult(self.name, {k: v for k, v in used.items() if v is not None}, out_wav, wav_duration(out_wav))
 
     def _model(self, settings: VoiceSettings) -> tuple[Path, dict]:
@@ -87,7 +102,7 @@ class PiperVoice(Voice):
             cached = self.cached_model()
             if cached is None:
                 raise DependencyError(f"piper's voice model {MODEL} is not in the verified cache", subject=naming.option("voice") + " piper", hint=SETUP_HINT)
-            return cached, {"model": str(cached), "source": "cache", "known": True}
+            return cached, {"model": str(cached), "source": "cache", "sha256": self.cached_sha256(), "known": True}
         model = Path(settings.model).expanduser()
         config = Path(str(model) + ".json")
         if not config.is_file():
@@ -113,3 +128,53 @@ class PiperVoice(Voice):
         if not known:
             log.warning("%s has sha256 %s, which is not in the registry; using it as given (your own voice is fine)", model, stamp.sha256)
         return stamp.sha256, known
+
+
+def check_rate(rate: int | None) -> None:
+    lo, hi = RATE_RANGE
+    if rate is not None and not lo <= rate <= hi:
+        raise UsageError(f"piper speaks {lo}..{hi} words per minute (approximately), not {rate}", subject=naming.option("voice_rate"))
+
+
+def speaking_scale(voice_scale: float, rate: int | None) -> float:
+    """The ``length_scale`` for *rate* words per minute: the voice's own scale at :data:`NORMAL_RATE`, shorter when faster."""
+    return round(voice_scale * NORMAL_RATE / rate, 4) if rate else voice_scale
+
+
+def _import_piper():
+    try:
+        import piper
+    except ImportError as exc:
+        raise DependencyError(f"piper-tts cannot be imported: {exc}", subject=naming.option("voice") + " piper", hint=INSTALL_HINT) from None
+    if not all(hasattr(piper, name) for name in ("PiperVoice", "SynthesisConfig")):
+        raise DependencyError("the installed piper package is not piper-tts 1.3 or newer", subject=naming.option("voice") + " piper", hint=INSTALL_HINT)
+    return piper
+
+
+def _load(piper, model: Path):
+    """piper's voice for *model* and ``MODEL.json``; a file it cannot read is the user's input error, named with its cause."""
+    config = Path(str(model) + ".json")
+    try:
+        return piper.PiperVoice.load(str(model), config_path=str(config))
+    except (KeyError, TypeError, ValueError) as exc:  # the config: a missing field (KeyError), not JSON (ValueError), a wrong type
+        what = f"field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise InputError(f"is not a piper voice config ({type(exc).__name__}: {what})", subject=config, hint=CONFIG_HINT) from None
+    except OSError as exc:
+        raise InputError(f"cannot read the voice: {exc.strerror or exc}", subject=model) from None
+    except Exception as exc:  # onnxruntime's load errors (InvalidProtobuf, Fail, …) derive from Exception only
+        raise InputError(f"is not a model onnxruntime can load ({type(exc).__name__}: {exc})", subject=model, hint=MODEL_HINT) from exc
+
+
+def write_wav(chunks, out_wav: Path) -> int | None:
+    """Write piper's audio chunks (one per sentence) into one PCM WAV as they come; the sample rate, or None when there were none."""
+    w, rate = None, None
+    try:
+        for chunk in chunks:
+            if w is None:
+                w, rate = wave.open(str(out_wav), "wb"), chunk.sample_rate
+                w.setframerate(rate), w.setsampwidth(chunk.sample_width), w.setnchannels(chunk.sample_channels)
+            w.writeframes(chunk.audio_int16_bytes)
+    finally:
+        if w is not None:
+            w.close()
+    return rate

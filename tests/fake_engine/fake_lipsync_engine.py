@@ -24,8 +24,9 @@ class FakeOptions(EngineOptions):
     fake_sleep: float = Field(0.0, ge=0, json_schema_extra=field_cli("--fake-sleep", help="Seconds the fake engine sleeps before rendering."))
     fake_wav2lip_mux: bool = Field(False, json_schema_extra=field_cli("--fake-wav2lip-mux", help="Finish with Wav2Lip's shell-string ffmpeg mux."))
     fake_frame_delay: float = Field(0.0, ge=0, json_schema_extra=field_cli("--fake-frame-delay", help="Seconds the fake worker waits between batches of 8 frames."))
-    fake_quality: Literal["off", "fast", "improved"] = Field(
-        "off", json_schema_extra=field_cli("--fake-quality", help="off: the face unchanged; fast/improved: a fake generator pasted as Wav2Lip's qualities do (worker only).")
+    fake_quality: Literal["off", "fast", "improved", "enhanced"] = Field(
+        "off",
+        json_schema_extra=field_cli("--fake-quality", help="off: the face unchanged; fast/improved/enhanced: a fake generator pasted as Wav2Lip's qualities do (worker only)."),
     )
     fake_mask_size: float | None = Field(None, gt=0, le=1, json_schema_extra=field_cli("--fake-mask-size", help="improved: the mouth mask's size."))
     fake_mask_feather: float | None = Field(None, ge=0, json_schema_extra=field_cli("--fake-mask-feather", help="improved: the mouth mask's feather."))
@@ -74,6 +75,8 @@ class FakeEngine(Engine):
     worker_adapter = str(Path(__file__).with_name("fake_worker_adapter.py"))
     #: The advisor's face-alignment run would slow every fake job; tests/test_advisor.py turns it on.
     portrait_advice = False
+    #: The worker adapter's fake detector honours a face hint (--face-index); the fake upstream CLI cannot.
+    face_hint_runners = ("worker",)
 
     def required_checkpoints(self, options):
         return [self.checkpoint("fake.ckpt")]

@@ -11,12 +11,14 @@ adapter reads ``wav2lip_quality``) it behaves like Wav2Lip's loop instead:
 every frame of the face (image or video) is read; its "detector" finds no
 face in a blank frame and otherwise a fixed box; its "generator" is the box
 squeezed through 96x96 and brightened; fast pastes the whole box, improved
-only the mouth through ``workerd/blend.py``; frames without a face pass
+only the mouth through ``workerd/blend.py``, enhanced restores the face crop
+with a stub restorer (an unsharp mask) first (``workerd/restore.py``); frames without a face pass
 through unchanged.  With ``$FAKE_ENGINE_FRAMES`` (a folder) it saves the
 frames it read (``input.npy``) and those it sent (``output.npy``).
 """
 
 import hashlib
+import json
 import os
 import random
 import subprocess
@@ -147,6 +149,33 @@ class Adapter:
             ctx.note("preprocess", {"hit": False})
         return np.frombuffer(data, dtype=np.uint8).reshape(-1, args.size, args.size, 3)
 
+    def face_box(self, ctx, s):
+        """The fake detector's face box (y1 y2 x1 x2 in the size x size frame): FAKE_BOX, or with a face hint
+        (``--face-index``) the hinted face, chosen among its "detections" (FAKE_BOX and the hint's box, or only
+        FAKE_BOX with $FAKE_HINT_MISS) as Wav2Lip's adapter chooses.  With a hint, the box is part of the
+        preprocessing (``box.json`` in the cache), as Wav2Lip's cached face boxes are."""
+        import lipsync_worker
+
+        face_hint = lipsync_worker.load_helper("face_hint")
+        hint = face_hint.FaceHint.read(ctx.job.get("cwd") or os.getcwd())
+        fixed = (round(FAKE_BOX[0] * s), round(FAKE_BOX[1] * s), round(FAKE_BOX[2] * s), round(FAKE_BOX[3] * s))
+        if hint is None:
+            return fixed
+        pre = ctx.preprocess
+        cached = os.path.join(pre["dir"], "box.json") if pre else None
+        if pre and pre["hit"]:
+            return tuple(json.load(open(cached))["box"])
+        x1, y1, x2, y2 = face_hint.scaled(hint.box, hint.frame, (s, s))
+        target = (x1, y1, x2, y2)
+        detections = [(fixed[2], fixed[0], fixed[3], fixed[1])] + ([] if os.environ.get("FAKE_HINT_MISS") else [target])
+        bx1, by1, bx2, by2 = detections[hint.choose(detections, target, what="the fake detector's frame")]
+        box = (max(0, round(by1)), min(s, round(by2)), max(0, round(bx1)), min(s, round(bx2)))
+        ctx.note("face_hint", {"index": hint.index, "box": list(box)})
+        if cached:
+            with open(cached, "w") as f:
+                json.dump({"box": list(box)}, f)
+        return box
+
     def render_faces(self, ctx, args):
         import lipsync_worker  # the worker's main module (its helpers)
         import numpy as np
@@ -158,12 +187,16 @@ class Adapter:
         if faceless and (still or len(faceless) == len(frames) or options.get("fake_require_face_every_frame")):
             raise ValueError("Face not detected! Ensure the video contains a face in all the frames.")
         s = args.size
-        box = (round(FAKE_BOX[0] * s), round(FAKE_BOX[1] * s), round(FAKE_BOX[2] * s), round(FAKE_BOX[3] * s))
+        box = self.face_box(ctx, s)
         blend = lipsync_worker.load_helper("blend")
         size = options.get("fake_mask_size") or blend.DEFAULT_SIZE
         feather = options.get("fake_mask_feather")
         feather = blend.DEFAULT_FEATHER if feather is None else feather
         count = max(1, round(((os.path.getsize(args.audio) - 44) / 32000 + args.extra_seconds) * args.fps))
+        restore = lipsync_worker.load_helper("restore")
+        crops: list = []  # the shapes the stub restorer was given
+        restorer = restore.Restorer(stub_enhance(crops)) if options["fake_quality"] == "enhanced" else None
+        put = restore.mouth_paster(blend, restorer, size, feather, fake_paste)
         out, passed = [], []
         for i in range(count):
             source = i % len(frames)
@@ -173,9 +206,9 @@ class Adapter:
             elif options["fake_quality"] == "fast":
                 y1, y2, x1, x2 = box
                 frame[y1:y2, x1:x2] = fake_generator(frame[y1:y2, x1:x2])
-            else:
+            else:  # improved, enhanced: through the workers' own mouth paster
                 y1, y2, x1, x2 = box
-                blend.paste_mouth(frame, fake_generator(frame[y1:y2, x1:x2]), box, size, feather)
+                put(fake_generator(frame[y1:y2, x1:x2]), frame, box)
             out.append(frame)
         ctx.video(s, s, args.fps)
         for start in range(0, count, 8):
@@ -183,12 +216,38 @@ class Adapter:
             ctx.progress("render", min(count, start + 8), count)
         if passed:
             ctx.note("frames_without_face", {"count": len(passed), "first": passed[:10]})
+        if restorer is not None:
+            ctx.note("restorer", {"name": "stub", **restorer.summary()})
         dump = os.environ.get("FAKE_ENGINE_FRAMES")
         if dump:
             os.makedirs(dump, exist_ok=True)
+            with open(os.path.join(dump, "restorer_crops.json"), "w") as f:
+                json.dump(crops, f)
             np.save(os.path.join(dump, "input.npy"), frames)
             np.save(os.path.join(dump, "output.npy"), np.stack(out))
         return {"frames": count}
+
+
+def fake_paste(pred, frame, box):
+    """Upstream's paste, faked: the generated face (already the box's size) into its box."""
+    y1, y2, x1, x2 = box
+    frame[y1:y2, x1:x2] = pred
+    return frame
+
+
+def stub_enhance(seen: list):
+    """A stand-in for GFPGAN (enhanced): an unsharp mask on the crop it is given, whose shape it records;
+    a crop without detail (a flat one) is "no face found"."""
+    import cv2
+
+    def enhance(crop):
+        seen.append(list(crop.shape))
+        if crop.std() < 1.0:
+            return None
+        blurred = cv2.GaussianBlur(crop, (0, 0), 2.0)
+        return cv2.addWeighted(crop, 1.8, blurred, -0.8, 0)
+
+    return enhance
 
 
 def fake_generator(face):

@@ -6,6 +6,7 @@ dependencies), pointing at an upstream checkout::
     python tests/upstream/make_weights.py wav2lip   --repo /work/upstream/Wav2Lip   --out /work/upstream-weights/wav2lip
     python tests/upstream/make_weights.py sadtalker --repo /work/upstream/SadTalker --out /work/upstream-weights/sadtalker
     /work/venv-syncnet/bin/python tests/upstream/make_weights.py syncnet --repo /work/upstream/syncnet_python --out /work/upstream-weights/syncnet
+    python tests/upstream/make_weights.py restorer --out /work/upstream-weights/restorer
 
 It imports the model classes from the checkout at run time (no upstream code is
 copied here), saves state dicts of the shapes upstream expects, and writes a
@@ -32,6 +33,10 @@ upstream's detectors behave predictably:
   at the bottom ones, the rest (nose included) at the centre.  Croppers and the
   3DMM alignment then see a plausible, non-degenerate face.
 
+* GFPGAN (``restorer``: ``GFPGANv1.4.pth``, ``detection_Resnet50_Final.pth``,
+  ``parsing_parsenet.pth``): random GFPGAN; the RetinaFace above, whose landmark
+  head puts a frontal 5-point set around each detection; ParseNet saying "skin"
+  everywhere, so GFPGAN's face helper aligns, restores and pastes a 32 px face.
 * syncnet_python's SyncNet (``syncnet_v2.model``): random, with its BatchNorm
   statistics calibrated on synthetic batches (``calibrate_syncnet`` in
   ``tests/syncnet_rig.py``) so the embeddings stay finite; saved as the
@@ -322,6 +327,55 @@ def make_sadtalker(repo: Path, out: Path, seed: int, *, find_faces: bool = True)
     return files
 
 
+# -- GFPGAN and its face helper (Wav2Lip's --wav2lip-quality enhanced) ------------------------------
+
+#: The 5 landmarks RetinaFace's landmark head puts around each anchor's centre, in units of
+#: 0.1 x the anchor's size (its decoding): eyes, nose, mouth corners of a frontal face.
+_FIVE_POINTS = ((-2.5, -1.9), (2.5, -1.9), (0.0, 0.3), (-1.9, 2.8), (1.9, 2.8))
+
+
+def make_restorer(out: Path, seed: int) -> dict[str, Path]:
+    """GFPGAN v1.4 (random ``GFPGANv1Clean``), facexlib's RetinaFace rigged as for SadTalker but
+    with a frontal 5-point landmark set around each detection (so GFPGAN's helper aligns a
+    32 px face), and ParseNet whose mask says "skin" everywhere (so the restored face is pasted)."""
+    import torch
+    from facexlib.parsing.parsenet import ParseNet
+    from gfpgan.archs.gfpganv1_clean_arch import GFPGANv1Clean
+
+    torch.manual_seed(seed)
+    files: dict[str, Path] = {}
+    gfpgan = GFPGANv1Clean(out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None, fix_decoder=False,
+                           num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True)  # fmt: skip
+    path = out / "GFPGANv1.4.pth"
+    torch.save({"params_ema": gfpgan.state_dict()}, path)
+    files[path.name] = path
+
+    retina = _retinaface(seed, find_faces=True)
+    for key in retina:
+        if key.startswith("LandmarkHead.") and key.endswith("bias"):
+            per_anchor = [v for point in _FIVE_POINTS for v in point]
+            retina[key] = torch.tensor(per_anchor * (retina[key].numel() // 10), dtype=retina[key].dtype)
+    path = out / "detection_Resnet50_Final.pth"
+    torch.save(retina, path)
+    files[path.name] = path
+
+    parse = ParseNet(in_size=512, out_size=512, parsing_ch=19)
+    sd = parse.state_dict()
+    (weight,) = [k for k in sd if k.startswith("out_mask_conv.") and k.endswith("weight")]
+    (bias,) = [k for k in sd if k.startswith("out_mask_conv.") and k.endswith("bias")]
+    sd[weight] = torch.zeros_like(sd[weight])
+    sd[bias] = torch.zeros_like(sd[bias])
+    sd[bias][1] = 10.0  # class 1 (skin) everywhere
+    parse.load_state_dict(sd)
+    with torch.no_grad():
+        mask, _ = parse.eval()(torch.zeros(1, 3, 512, 512))
+    assert (mask.argmax(dim=1) == 1).all(), "the rigged ParseNet does not say skin everywhere"
+    path = out / "parsing_parsenet.pth"
+    torch.save(parse.state_dict(), path)
+    files[path.name] = path
+    return files
+
+
 # -- syncnet_python (the reference scorer) ------------------------------------------------------
 
 
@@ -368,14 +422,24 @@ def make_syncnet(repo: Path, out: Path, seed: int) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("engine", choices=["wav2lip", "sadtalker", "syncnet"])
-    p.add_argument("--repo", type=Path, required=True, help="the upstream checkout")
+    p.add_argument("engine", choices=["wav2lip", "sadtalker", "syncnet", "restorer"])
+    p.add_argument("--repo", type=Path, help="the upstream checkout (not for restorer: GFPGAN and facexlib come from the interpreter)")
     p.add_argument("--out", type=Path, required=True, help="where to write the checkpoints and registry.toml")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-face", action="store_true", help="sadtalker: a face detector that finds nothing (for the error path)")
     args = p.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.engine == "restorer":
+        sys.path.insert(0, str(SITE_DIR))  # basicsr imports torchvision's functional_tensor: the compat shims
+        import lipsync_shims
+
+        lipsync_shims.install()
+        files = make_restorer(out, args.seed)
+        print(json.dumps({"files": {k: str(v) for k, v in files.items()}}))
+        return 0
+    if args.repo is None:
+        p.error("--repo is required")
     repo = args.repo.resolve()
     if args.engine == "syncnet":  # the reference scorer: its own CPU shim, and no repository in the registry
         files = make_syncnet(repo, out, args.seed)

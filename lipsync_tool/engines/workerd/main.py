@@ -36,8 +36,9 @@ def _load(name: str, path: str):
 protocol = _load("lipsync_worker_protocol", os.path.join(_HERE, "protocol.py"))
 #: GPU sizing for adapters: ``lipsync_worker.gpu``.
 gpu = _load("lipsync_worker_gpu", os.path.join(_HERE, "gpu.py"))
-#: Helpers that need more than the stdlib (``blend``: numpy, OpenCV), loaded on first use.
-HELPERS = ("blend",)
+#: Helpers loaded on first use (``blend``: numpy, OpenCV; ``face_hint``: the chosen face, plain Python;
+#: ``restore``: the face restorer of --wav2lip-quality enhanced, numpy and OpenCV, GFPGAN when asked).
+HELPERS = ("blend", "face_hint", "restore")
 
 
 def load_helper(name: str):

@@ -1,8 +1,7 @@
 """SadTalker in a warm worker: upstream's own objects, built once and kept.
 
-Runs in the engine's interpreter, loaded by ``workerd/main.py`` with the link farm of the pinned clone
-first on ``sys.path`` (see docs/workers.md).  Nothing of upstream is copied here; a job is the sequence of
-``inference.py``'s ``main()``, calling the objects it builds:
+Runs in the engine's interpreter, loaded by ``workerd/main.py`` with the link farm of the pinned clone first on ``sys.path``
+(see docs/workers.md).  Nothing of upstream is copied here; a job is the sequence of ``inference.py``'s ``main()``, calling the objects it builds:
 
 * ``init_path``, ``CropAndExtract``, ``Audio2Coeff``, ``AnimateFromCoeff``, ``get_data`` and
   ``get_facerender_data`` from the clone.  The job's argv (upstream's own) is parsed with upstream's flags
@@ -18,9 +17,9 @@ first on ``sys.path`` (see docs/workers.md).  Nothing of upstream is copied here
   on the ``generator`` converts each prediction as upstream does before ``imageio.mimsave``
   (``img_as_ubyte``, the resize to the crop's aspect) and streams the frames in upstream's order.
 * ``--enhancer``: upstream's ``src.utils.face_enhancer`` on the frames, after the render (upstream: on its h264's).
-* ``full``/``extfull``: upstream's ``paste_pic`` on chunks of frames, with stand-ins for the files it
-  reads and writes (see :func:`paste_frames`).
+* ``full``/``extfull``: upstream's ``paste_pic`` on chunks of frames, with stand-ins for the files it reads and writes (see :func:`paste_frames`).
 * Preprocessing cache (``ctx.preprocess``): the 3DMM coefficients, the cropped image and ``crop_info``.
+* A face hint (``--face-index``): the cropper's detector answers only the chosen face (``face_hint.for_sadtalker``).
 
 Upstream's exceptions propagate unchanged (the cropper's ``raise 'can not detect the landmark from source
 image'`` is a ``TypeError``): the log's traceback is what the error translation reads, as for a subprocess.
@@ -222,9 +221,10 @@ class Adapter:
             print("[lipsync-tool worker] the cached preprocessing does not fit this job; extracting again", flush=True)
         print("3DMM Extraction for source image", flush=True)
         extractor = models.crop_extract(timer)
-        first_coeff_path, crop_pic_path, crop_info = extractor.generate(
-            args.source_image, first_frame_dir, args.preprocess, source_image_flag=True, pic_size=args.size
-        )
+        with lipsync_worker.load_helper("face_hint").for_sadtalker(os.getcwd(), extractor, args.preprocess):
+            first_coeff_path, crop_pic_path, crop_info = extractor.generate(
+                args.source_image, first_frame_dir, args.preprocess, source_image_flag=True, pic_size=args.size
+            )
         if first_coeff_path is None:
             raise lipsync_worker.JobFailed("Can't get the coeffs of the input", "face_not_found")
         if cache:

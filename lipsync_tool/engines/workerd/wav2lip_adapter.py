@@ -32,7 +32,8 @@ of upstream is copied here:
   those frames as they were read.  An image, ``--static``, or a video with no
   face at all fails as upstream does.
 * ``wav2lip_quality = improved`` pastes only the mouth of the generated face
-  through a feathered mask (``workerd/blend.py``); ``fast`` is upstream's paste.
+  through a feathered mask (``workerd/blend.py``); ``enhanced`` runs GFPGAN on
+  the face crop first (``workerd/restore.py``); ``fast`` is upstream's paste.
 
 Upstream's own exceptions (``Face not detected!``, ``Mel contains nan``, …)
 propagate unchanged: the traceback in the log is what the engine's error
@@ -150,6 +151,8 @@ class Adapter:
         self.detectors: dict[str, Any] = {}
         self._ctx = None
         self.faces: FaceRecord | None = None
+        self.hint = None  # this job's face hint (--face-index): wraps the kept detector (workerd/face_hint.py)
+        self._restorer: tuple[tuple, Any] | None = None  # (device and weights file, GFPGAN's enhance)
 
     # -- one job -------------------------------------------------------------------------------
 
@@ -162,6 +165,7 @@ class Adapter:
         self._ctx = ctx
         options = ctx.options or {}
         self.faces = FaceRecord(tolerant=not options.get("require_face_every_frame", False) and not args.static)
+        self.hint = lipsync_worker.load_helper("face_hint").for_wav2lip(os.getcwd(), args, is_image(args.face))
         try:
             frames, fps = read_frames(args)
             print(f"Number of frames available for inference: {len(frames)}", flush=True)
@@ -171,7 +175,7 @@ class Adapter:
             with self.face_boxes(inf, ctx, args):
                 self.generate(inf, ctx, frames, chunks, fps)
         finally:
-            self._ctx, self.faces = None, None
+            self._ctx, self.faces, self.hint = None, None, None
             if device.startswith("cuda"):
                 import torch
 
@@ -263,6 +267,7 @@ class Adapter:
             self.detectors[key] = detector
         if self._ctx is not None:
             self._ctx.note("detector", {"loaded": loaded, "seconds": round(time.monotonic() - started, 3)})
+        detector = self.hint(detector) if self.hint is not None else detector
         if self.faces is not None and self.faces.tolerant:
             return _Recording(detector, self.faces)
         return detector
@@ -306,7 +311,7 @@ class Adapter:
 
         args, device = inf.args, inf.device
         total = math.ceil(len(chunks) / args.wav2lip_batch_size)
-        put = self.paster(ctx)
+        put, restorer = self.paster(ctx, device)
         model, sent, passed = None, 0, []
         for i, (img_batch, mel_batch, batch_frames, coords) in enumerate(inf.datagen(frames.copy(), chunks)):
             if model is None:
@@ -328,29 +333,39 @@ class Adapter:
             ctx.progress("render", i + 1, total)
         if passed:
             ctx.note("frames_without_face", {"count": len(passed), "first": passed[:FIRST_FACELESS]})
+        if restorer is not None:
+            ctx.note("restorer", {"name": "GFPGANv1.4", **restorer.summary()})
         return sent
 
-    def paster(self, ctx):
-        """How a predicted crop goes back into its frame: upstream's paste (fast), or through the mouth mask (improved)."""
+    def paster(self, ctx, device: str):
+        """How a predicted crop goes back into its frame: upstream's paste (fast), through the mouth mask
+        (improved), or restored by GFPGAN on the face crop, then through the mouth mask (enhanced)."""
         options = ctx.options or {}
         quality = options.get("wav2lip_quality", "fast")
         if quality == "fast":
-            return paste
-        if quality != "improved":
+            return paste, None
+        if quality not in ("improved", "enhanced"):
             raise lipsync_worker.JobFailed(f"this worker does not know --wav2lip-quality {quality}", "usage")
         blend = lipsync_worker.load_helper("blend")
         size = float(options.get("wav2lip_mask_size", blend.DEFAULT_SIZE))
         feather = float(options.get("wav2lip_mask_feather", blend.DEFAULT_FEATHER))
+        restorer = self.restorer(ctx, device) if quality == "enhanced" else None
+        return lipsync_worker.load_helper("restore").mouth_paster(blend, restorer, size, feather, paste), restorer
 
-        def put(pred, frame, coords):
-            import cv2
-            import numpy as np
-
-            y1, y2, x1, x2 = coords
-            face = cv2.resize(pred.astype(np.uint8), (x2 - x1, y2 - y1))
-            return blend.paste_mouth(frame, face, coords, size, feather)
-
-        return put
+    def restorer(self, ctx, device: str):
+        """A :class:`restore.Restorer` around GFPGAN, loaded once per worker, device and weights file."""
+        restore = lipsync_worker.load_helper("restore")
+        st = os.stat(os.path.realpath(restore.GFPGAN_WEIGHTS))
+        key = (device, os.path.realpath(restore.GFPGAN_WEIGHTS), st.st_size, st.st_mtime_ns)
+        started = time.monotonic()
+        loaded = self._restorer is None or self._restorer[0] != key
+        if loaded:
+            try:
+                self._restorer = (key, restore.gfpgan(device))
+            except ImportError as exc:
+                raise lipsync_worker.JobFailed(f"--wav2lip-quality enhanced needs gfpgan in the engine's Python: {exc}", "dependency") from None
+        ctx.note("restorer_load", {"loaded": loaded, "seconds": round(time.monotonic() - started, 3)})
+        return restore.Restorer(self._restorer[1])
 
 
 def read_frames(args) -> tuple[list, float]:
