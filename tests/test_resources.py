@@ -193,8 +193,8 @@ def test_offline_never_touches_the_network_and_keeps_an_unverified_file(server, 
     dest.write_bytes(blob)  # a good copy verifies locally
     assert fetch(cache, spec, Downloader(offline=True)).action == "verified"
     local = tmp_path / "mirror.pth"
-    local.write_bytes(blob)
-    other = spec_for(blob, server.url("/m.pth"), local.as_uri(), name="other.pth")
+    local.write_bytes(other_blob := os.urandom(SIZE))  # other bytes: a verified twin in the cache would be linked instead
+    other = spec_for(other_blob, server.url("/m.pth"), local.as_uri(), name="other.pth")
     assert fetch(cache, other, Downloader(offline=True)).url == local.as_uri()
     assert route.requests == []
 
@@ -515,3 +515,57 @@ def test_cache_clean_skips_an_entry_in_use(served_ckpt, cli, fake_engine):
     assert r.code == 0 and "skipped fake/fake.ckpt: in use" in r.stdout
     assert cache.checkpoint_path("fake", "fake.ckpt").is_file()
     assert not cache.repo_root("fake").exists()  # the clone was not in use
+
+
+# -- one verified file, several cache entries -------------------------------------------------------
+
+
+def test_a_verified_file_of_another_entry_is_linked_not_downloaded(server, cache, blob):
+    route = server.add("/g.pth", blob)
+    spec = spec_for(blob, server.url("/g.pth"))
+    first = Downloader(sleep=FakeSleep()).ensure(spec, cache.checkpoint_path("sadtalker", "GFPGANv1.4.pth"), cache.lock_path("ckpt", "sadtalker", "g"))
+    assert first.action == "downloaded" and len(route.requests) == 1
+    # Another engine (or a component, under another name) needs the same bytes: linked, stamped, no request.
+    dest = cache.checkpoint_path("wav2lip", "GFPGANv1.4.pth")
+    shared = Downloader(sleep=FakeSleep(), offline=True).ensure(spec, dest, cache.lock_path("ckpt", "wav2lip", "g"))
+    assert shared.action == "shared" and shared.path == dest and len(route.requests) == 1
+    assert dest.read_bytes() == blob and dest.stat().st_ino == first.path.stat().st_ino
+    assert verified_stamp(dest, spec.sha256) is not None
+    assert Downloader(sleep=FakeSleep()).ensure(spec, dest, cache.lock_path("ckpt", "wav2lip", "g")).action == "cached"
+    # Removing one entry leaves the other intact.
+    first.path.unlink()
+    assert dest.read_bytes() == blob and verified_stamp(dest, spec.sha256) is not None
+
+
+def test_a_twin_that_no_longer_matches_its_stamp_or_the_sha256_is_not_shared(server, cache, blob):
+    route = server.add("/g.pth", blob)
+    spec = spec_for(blob, server.url("/g.pth"))
+    twin = cache.checkpoint_path("sadtalker", "g.pth")
+    Downloader(sleep=FakeSleep()).ensure(spec, twin, cache.lock_path("ckpt", "sadtalker", "g"))
+    with open(twin, "r+b") as f:  # damaged after it was verified: its stamp no longer matches
+        f.write(b"X")
+    os.utime(twin, ns=(1, 1))
+    other = cache.checkpoint_path("wav2lip", "g.pth")
+    with pytest.raises(OfflineError):
+        Downloader(sleep=FakeSleep(), offline=True).ensure(spec, other, cache.lock_path("ckpt", "wav2lip", "g"))
+    r = Downloader(sleep=FakeSleep()).ensure(spec, other, cache.lock_path("ckpt", "wav2lip", "g"))
+    assert r.action == "downloaded" and len(route.requests) == 2 and other.read_bytes() == blob
+    # same size, another sha256: never a twin
+    different = spec_for(os.urandom(SIZE), server.url("/g.pth"))
+    from lipsync_tool.resources.cache import verified_twin
+
+    assert verified_twin(cache.checkpoint_path("third", "g.pth"), different.sha256, different.size) is None
+    assert verified_twin(cache.checkpoint_path("third", "g.pth"), spec.sha256, spec.size) == other
+
+
+def test_an_offline_run_links_the_same_bytes_from_another_cache_entry(served_ckpt, cli, media, tmp_path, monkeypatch):
+    assert cli("setup", "--engine", "fake").code == 0
+    base = Path(os.environ["LIPSYNC_TOOL_CACHE"]) / "v1" / "checkpoints"
+    (base / "other").mkdir()
+    for name in ("fake.ckpt", "fake.ckpt.stamp"):  # the same verified bytes, kept for another engine under another name
+        os.replace(base / "fake" / name, base / "other" / name.replace("fake.ckpt", "renamed.bin"))
+    monkeypatch.setenv("LIPSYNC_TOOL_OFFLINE", "1")
+    r = cli(media.portrait(), media.audio(seconds=0.6), tmp_path / "o.mp4", "--engine", "fake", "--no-upscale")
+    assert r.code == 0, r.output
+    assert len(served_ckpt.requests) == 1  # setup's download only
+    assert (base / "fake" / "fake.ckpt").stat().st_ino == (base / "other" / "renamed.bin").stat().st_ino

@@ -235,6 +235,23 @@ def verified_stamp(file: Path, expected_sha256: str | None = None) -> Stamp | No
     return stamp
 
 
+def verified_twin(dest: Path, sha256: str, size: int) -> Path | None:
+    """A verified file with the same content as *dest* should have (*sha256*, *size*) in another folder of the
+    cache's checkpoints (``<checkpoints>/<owner>/<file>``, any name): the same GFPGAN for two engines, the same
+    S3FD under two names.  Found through the stamps, which a file still matches (size and mtime)."""
+    root = dest.parent.parent
+    if not root.is_dir():
+        return None
+    for stamp_file in sorted(root.glob("*/*.stamp")):
+        file = stamp_file.with_name(stamp_file.name[: -len(".stamp")])
+        if file == dest:
+            continue
+        stamp = Stamp.load(stamp_file)
+        if stamp is not None and stamp.sha256 == sha256 and stamp.size == size and stamp.matches(file):
+            return file
+    return None
+
+
 def write_stamp(file: Path, sha256: str) -> Stamp:
     stamp = Stamp.of(file, sha256)
     atomic_write_text(Cache.stamp_path(file), stamp.dumps())

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OfflineError, ResourceError
-from .cache import Cache, verified_stamp
+from .cache import Cache, verified_stamp, verified_twin
 from .download import Downloader
 from .registry import COMPONENTS, component_specs, read_override
 
@@ -85,7 +85,9 @@ class ComponentResources:
             missing = [
                 f"{n} ({self.specs[n].size:,} bytes) → {self.path(n)}"
                 for n, state in self.status(names).items()
-                if state == "missing" and not any(u.startswith("file:") for u in self.specs[n].urls)
+                if state == "missing"
+                and not any(u.startswith("file:") for u in self.specs[n].urls)
+                and verified_twin(self.path(n), self.specs[n].sha256, self.specs[n].size) is None  # linked from another entry
             ]
             if missing:
                 raise OfflineError(

@@ -21,6 +21,8 @@ The failure policy (classify, decide, explain) is in ``retry``, the
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -30,7 +32,7 @@ from typing import Protocol
 
 from ..engines.base import CheckpointSpec
 from ..errors import OfflineError, ResourceError
-from .cache import Cache, Stamp, sha256_file, verified_stamp, write_stamp
+from .cache import Cache, Stamp, sha256_file, verified_stamp, verified_twin, write_stamp
 from .partial import CHUNK, PartialFile, adopt_partial
 from .retry import (
     RETRY_AFTER_CAP,
@@ -90,7 +92,7 @@ class _NextMirror(Exception):
 class FetchResult:
     path: Path
     sha256: str
-    action: str  # "cached", "verified", "downloaded"
+    action: str  # "cached", "verified", "downloaded", "shared" (another cache entry's verified file, linked)
     url: str | None = None
     bytes_transferred: int = 0
     attempts: list[tuple[str, str]] = field(default_factory=list)
@@ -197,6 +199,9 @@ class Downloader:
                     log.warning("%s in the cache is corrupt (size or sha256 differs); fetching it again", dest)
                 dest.unlink(missing_ok=True)
                 Cache.stamp_path(dest).unlink(missing_ok=True)
+            twin = verified_twin(dest, spec.sha256, spec.size)
+            if twin is not None:
+                return share(twin, dest, spec)
             return self._download(spec, dest)
         finally:
             lock.release()
@@ -391,3 +396,21 @@ __all__ = [
     "parse_retry_after",
     "retry_decision",
 ]
+
+
+def share(twin: Path, dest: Path, spec: CheckpointSpec) -> FetchResult:
+    """*dest* as a hard link to *twin*, a verified cache file with *spec*'s content (a copy where links fail),
+    put in place atomically and stamped: no second download of the same bytes."""
+    tmp = dest.with_name(dest.name + ".share")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(twin, tmp)
+    except OSError:
+        shutil.copyfile(twin, tmp)
+    if tmp.stat().st_size != spec.size:
+        tmp.unlink(missing_ok=True)
+        raise ResourceError(f"{twin} changed while it was being linked", subject=spec.name, hint="Run the command again.")
+    os.replace(tmp, dest)
+    write_stamp(dest, spec.sha256)
+    log.info("%s: the verified %s in the cache has the same content; linked, not downloaded", spec.name, twin)
+    return FetchResult(dest, spec.sha256, "shared", url=twin.as_uri())

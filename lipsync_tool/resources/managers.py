@@ -15,7 +15,7 @@ from pathlib import Path
 from ..engines import engine_classes, get_engine
 from ..engines.base import CheckpointSpec, Engine, EngineOptions
 from ..errors import InputError, OfflineError, ResourceError
-from .cache import Cache, Stamp, atomic_write_text, sha256_file, verified_stamp
+from .cache import Cache, Stamp, atomic_write_text, sha256_file, verified_stamp, verified_twin
 from .download import Downloader, FetchResult
 from .registry import EngineRegistry, load_registry
 from .repos import ensure_repo, repo_state
@@ -152,7 +152,12 @@ class EngineResources:
             missing.append(f"repository {self.registry.repo.url} @ {self.registry.repo.commit}")
         for spec in specs:
             path = self.cache.checkpoint_path(self.engine.name, spec.name)
-            if verified_stamp(path, spec.sha256) is None and not path.is_file() and not any(u.startswith("file:") for u in spec.urls):  # an unverified file is verified locally later
+            if (
+                verified_stamp(path, spec.sha256) is None
+                and not path.is_file()  # an unverified file is verified locally later
+                and not any(u.startswith("file:") for u in spec.urls)
+                and verified_twin(path, spec.sha256, spec.size) is None  # another entry's verified copy is linked
+            ):
                 missing.append(f"{spec.name} ({spec.size:,} bytes) → {path}")
         if missing:
             raise OfflineError(
