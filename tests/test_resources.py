@@ -569,3 +569,22 @@ def test_an_offline_run_links_the_same_bytes_from_another_cache_entry(served_ckp
     assert r.code == 0, r.output
     assert len(served_ckpt.requests) == 1  # setup's download only
     assert (base / "fake" / "fake.ckpt").stat().st_ino == (base / "other" / "renamed.bin").stat().st_ino
+
+
+def test_an_interrupted_share_leaves_nothing_behind(server, cache, blob, monkeypatch):
+    from lipsync_tool.resources import download
+
+    spec = spec_for(blob, server.url("/g.pth"))
+    server.add("/g.pth", blob)
+    Downloader(sleep=FakeSleep()).ensure(spec, cache.checkpoint_path("a", "g.pth"), cache.lock_path("ckpt", "a", "g"))
+
+    def interrupted(src, dst):
+        Path(dst).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download.os, "link", lambda src, dst: (_ for _ in ()).throw(OSError("cross-device")))
+    monkeypatch.setattr(download.shutil, "copyfile", interrupted)
+    dest = cache.checkpoint_path("b", "g.pth")
+    with pytest.raises(KeyboardInterrupt):
+        Downloader(sleep=FakeSleep(), offline=True).ensure(spec, dest, cache.lock_path("ckpt", "b", "g"))
+    assert sorted(p.name for p in dest.parent.iterdir()) == []  # no entry, no stamp, no .share

@@ -404,13 +404,16 @@ def share(twin: Path, dest: Path, spec: CheckpointSpec) -> FetchResult:
     tmp = dest.with_name(dest.name + ".share")
     tmp.unlink(missing_ok=True)
     try:
-        os.link(twin, tmp)
-    except OSError:
-        shutil.copyfile(twin, tmp)
-    if tmp.stat().st_size != spec.size:
+        try:
+            os.link(twin, tmp)
+        except OSError:
+            shutil.copyfile(twin, tmp)
+        if tmp.stat().st_size != spec.size:
+            raise ResourceError(f"{twin} changed while it was being linked", subject=spec.name, hint="Run the command again.")
+        os.replace(tmp, dest)
+    except BaseException:  # Ctrl-C included: no half-copied file is left beside the entry
         tmp.unlink(missing_ok=True)
-        raise ResourceError(f"{twin} changed while it was being linked", subject=spec.name, hint="Run the command again.")
-    os.replace(tmp, dest)
+        raise
     write_stamp(dest, spec.sha256)
     log.info("%s: the verified %s in the cache has the same content; linked, not downloaded", spec.name, twin)
     return FetchResult(dest, spec.sha256, "shared", url=twin.as_uri())
